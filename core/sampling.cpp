@@ -1,0 +1,258 @@
+#include "core/sampling.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <sstream>
+
+#include "core/error.h"
+#include "core/rng.h"
+
+namespace troupe {
+
+namespace {
+
+std::string fmt(double v) {
+  std::ostringstream os;
+  os << v;
+  return os.str();
+}
+
+// Adds "<field> must be <range> (got <v>)" when v is NaN/inf or outside [lo, hi] (lo open when asked).
+void check_float(std::vector<std::string>& out, const char* field, float v, double lo, bool lo_open,
+                 double hi, const char* range) {
+  const bool ok = std::isfinite(v) && (lo_open ? v > lo : v >= lo) && v <= hi;
+  if (!ok) out.push_back(std::string(field) + " must be " + range + " (got " + fmt(v) + ")");
+}
+
+// The rank order that top-k and top-p cut: higher adjusted logit first, ties by lower id. Token ids
+// live in the float scratch (exact below 2^24, checked on entry) so one caller buffer serves for all.
+struct ranks_before {
+  const float* adj;  // [vocab_size]
+  bool operator()(float fa, float fb) const {
+    const auto a = static_cast<int32_t>(fa), b = static_cast<int32_t>(fb);
+    return adj[a] > adj[b] || (adj[a] == adj[b] && a < b);
+  }
+};
+
+// log(sum(exp(logits))) in double; also rejects NaN and +inf, which would poison every later step.
+double log_sum_exp(const float* logits, int32_t n) {
+  float mx = -std::numeric_limits<float>::infinity();
+  for (int32_t i = 0; i < n; ++i) {
+    const float x = logits[i];
+    TROUPE_CHECK(!std::isnan(x) && x != std::numeric_limits<float>::infinity()) << "logit" << i << "is" << x;
+    mx = std::max(mx, x);
+  }
+  TROUPE_CHECK(std::isfinite(mx)) << "every logit is -inf";
+  double sum = 0;
+  for (int32_t i = 0; i < n; ++i) sum += std::exp(static_cast<double>(logits[i]) - mx);
+  return mx + std::log(sum);
+}
+
+// The p.logprobs best raw tokens, descending, ties by lower id: a bounded heap, O(V log k).
+void top_logprobs(const float* logits, int32_t vocab_size, int32_t k, double lse,
+                  std::vector<token_logprob>& top) {
+  top.clear();
+  if (k <= 0) return;
+  k = std::min(k, vocab_size);
+  top.reserve(k);
+  // better(a, b): a outranks b. As the heap's "less", it keeps the worst kept entry at the front.
+  auto better = [](const token_logprob& a, const token_logprob& b) {
+    return a.logprob > b.logprob || (a.logprob == b.logprob && a.id < b.id);
+  };
+  for (int32_t i = 0; i < vocab_size; ++i) {
+    const token_logprob cand{i, logits[i]};
+    if (static_cast<int32_t>(top.size()) < k) {
+      top.push_back(cand);
+      std::push_heap(top.begin(), top.end(), better);
+    } else if (better(cand, top.front())) {
+      std::pop_heap(top.begin(), top.end(), better);
+      top.back() = cand;
+      std::push_heap(top.begin(), top.end(), better);
+    }
+  }
+  std::sort_heap(top.begin(), top.end(), better);
+  for (auto& t : top) t.logprob = static_cast<float>(static_cast<double>(t.logprob) - lse);
+}
+
+// Repetition (prompt + output, each distinct token once), then frequency and presence (output only),
+// in vLLM v1's order. work: [vocab_size] scratch, clobbered.
+void apply_penalties(float* adj, float* work, int32_t vocab_size, const sampling_params& p,
+                     const std::vector<int32_t>& prompt_ids, const std::vector<int32_t>& output_ids) {
+  auto check_id = [vocab_size](int32_t id) {
+    TROUPE_CHECK(id >= 0 && id < vocab_size) << "token id" << id << "outside vocab of" << vocab_size;
+  };
+  if (p.repetition_penalty != 1.0f) {
+    std::fill(work, work + vocab_size, 0.0f);  // seen flags
+    auto penalize = [&](int32_t id) {
+      check_id(id);
+      if (work[id] != 0.0f) return;
+      work[id] = 1.0f;
+      adj[id] = adj[id] > 0 ? adj[id] / p.repetition_penalty : adj[id] * p.repetition_penalty;
+    };
+    for (int32_t id : prompt_ids) penalize(id);
+    for (int32_t id : output_ids) penalize(id);
+  }
+  if (p.frequency_penalty != 0.0f || p.presence_penalty != 0.0f) {
+    std::fill(work, work + vocab_size, 0.0f);  // output counts (exact in float below 2^24)
+    for (int32_t id : output_ids) {
+      check_id(id);
+      work[id] += 1.0f;
+    }
+    for (int32_t id : output_ids) {
+      const float count = work[id];
+      if (count == 0.0f) continue;  // already applied for this token
+      adj[id] -= p.frequency_penalty * count;
+      adj[id] -= p.presence_penalty;
+      work[id] = 0.0f;
+    }
+  }
+}
+
+// The last token (in rank order) that top-k and top-p keep, or -1 when neither cuts anything.
+// w: [vocab_size] unnormalized probabilities; ids: [vocab_size] scratch.
+int32_t rank_cutoff(const float* adj, const float* w, float* ids, int32_t vocab_size,
+                    const sampling_params& p) {
+  const int32_t k = (p.top_k > 0 && p.top_k < vocab_size) ? p.top_k : vocab_size;
+  const bool use_top_p = p.top_p < 1.0f;
+  if (k == vocab_size && !use_top_p) return -1;
+  const ranks_before rank{adj};
+  for (int32_t i = 0; i < vocab_size; ++i) ids[i] = static_cast<float>(i);
+  int32_t n = vocab_size;
+  int32_t cutoff = -1;
+  if (k < vocab_size) {
+    std::nth_element(ids, ids + (k - 1), ids + vocab_size, rank);
+    n = k;
+    cutoff = static_cast<int32_t>(ids[k - 1]);
+  }
+  if (!use_top_p) return cutoff;
+  double mass = 0;  // of the top-k survivors: top-p cuts the renormalized distribution
+  for (int32_t j = 0; j < n; ++j) mass += w[static_cast<int32_t>(ids[j])];
+  const double need = static_cast<double>(p.top_p) * mass;
+  // Sort only as far as the mass requires: grow a sorted prefix in doubling chunks, each chunk found
+  // by nth_element over the rest. Typical top-p stops inside the first chunk.
+  double cum = 0;
+  int32_t sorted = 0;
+  while (sorted < n) {
+    const int32_t next = std::min(n, std::max(2 * sorted, 64));
+    if (next < n) std::nth_element(ids + sorted, ids + next, ids + n, rank);
+    std::sort(ids + sorted, ids + next, rank);
+    for (int32_t j = sorted; j < next; ++j) {
+      cum += w[static_cast<int32_t>(ids[j])];
+      if (cum >= need) return static_cast<int32_t>(ids[j]);
+    }
+    sorted = next;
+  }
+  return static_cast<int32_t>(ids[n - 1]);  // rounding left the sum a hair short: keep them all
+}
+
+}  // namespace
+
+bool sampling_params::is_greedy() const { return temperature < sampling_greedy_temperature; }
+
+std::vector<std::string> sampling_params::validate(int32_t vocab_size) const {
+  std::vector<std::string> out;
+  check_float(out, "temperature", temperature, 0, false, 100, "in [0, 100] (0 means greedy)");
+  if (top_k < -1) {
+    out.push_back("top_k must be -1 or 0 (off) or >= 1 (got " + std::to_string(top_k) + ")");
+  }
+  check_float(out, "top_p", top_p, 0, true, 1, "in (0, 1]");
+  check_float(out, "min_p", min_p, 0, false, 1, "in [0, 1]");
+  check_float(out, "repetition_penalty", repetition_penalty, 0, true, 10, "in (0, 10]");
+  check_float(out, "presence_penalty", presence_penalty, -2, false, 2, "in [-2, 2]");
+  check_float(out, "frequency_penalty", frequency_penalty, -2, false, 2, "in [-2, 2]");
+  if (logprobs < 0 || logprobs > sampling_max_logprobs) {
+    out.push_back("logprobs must be in [0, " + std::to_string(sampling_max_logprobs) + "] (got " +
+                  std::to_string(logprobs) + ")");
+  }
+  if (max_tokens < 1) out.push_back("max_tokens must be >= 1 (got " + std::to_string(max_tokens) + ")");
+  if (n < 1 || n > sampling_max_n) {
+    out.push_back("n must be in [1, " + std::to_string(sampling_max_n) + "] (got " + std::to_string(n) + ")");
+  }
+  for (size_t i = 0; i < stop_token_ids.size(); ++i) {
+    const int32_t id = stop_token_ids[i];
+    if (id < 0 || id >= vocab_size) {
+      out.push_back("stop_token_ids[" + std::to_string(i) + "] must be a token id in [0, " +
+                    std::to_string(vocab_size) + ") (got " + std::to_string(id) + ")");
+    }
+  }
+  if (stop.size() > static_cast<size_t>(sampling_max_stop_strings)) {
+    out.push_back("stop must hold at most " + std::to_string(sampling_max_stop_strings) + " strings (got " +
+                  std::to_string(stop.size()) + ")");
+  }
+  for (size_t i = 0; i < stop.size(); ++i) {
+    if (stop[i].empty()) out.push_back("stop[" + std::to_string(i) + "] must be a non-empty string");
+  }
+  return out;
+}
+
+std::vector<float> log_softmax(const float* logits, int32_t vocab_size) {
+  TROUPE_CHECK_GT(vocab_size, 0);
+  const double lse = log_sum_exp(logits, vocab_size);
+  std::vector<float> out(vocab_size);
+  for (int32_t i = 0; i < vocab_size; ++i) out[i] = static_cast<float>(static_cast<double>(logits[i]) - lse);
+  return out;
+}
+
+sample_result sampler::sample(const float* logits, int32_t vocab_size, const sampling_params& p,
+                              const std::vector<int32_t>& prompt_ids, const std::vector<int32_t>& output_ids,
+                              uint64_t seed, uint64_t step, std::vector<float>& scratch) const {
+  TROUPE_CHECK(vocab_size > 0 && vocab_size <= (1 << 24)) << "vocab_size" << vocab_size;
+  const size_t v = static_cast<size_t>(vocab_size);
+  if (scratch.size() < 3 * v) scratch.resize(3 * v);
+  float* adj = scratch.data();          // [V] penalized (then temperature-scaled) logits
+  float* work = scratch.data() + v;     // [V] penalty bookkeeping, then unnormalized probs
+  float* ids = scratch.data() + 2 * v;  // [V] token ids (as floats) for top-k / top-p selection
+
+  sample_result result;
+  const double lse = log_sum_exp(logits, vocab_size);
+  top_logprobs(logits, vocab_size, p.logprobs, lse, result.top);
+
+  std::copy(logits, logits + v, adj);
+  apply_penalties(adj, work, vocab_size, p, prompt_ids, output_ids);
+
+  if (p.is_greedy()) {
+    int32_t best = 0;
+    for (int32_t i = 1; i < vocab_size; ++i) {
+      if (adj[i] > adj[best]) best = i;  // strict: ties keep the lowest id
+    }
+    result.id = best;
+  } else {
+    float mx = -std::numeric_limits<float>::infinity();
+    for (size_t i = 0; i < v; ++i) {
+      adj[i] /= p.temperature;
+      mx = std::max(mx, adj[i]);
+    }
+    TROUPE_CHECK(std::isfinite(mx)) << "every penalized logit is -inf or the maximum overflowed:" << mx;
+    float* w = work;
+    for (size_t i = 0; i < v; ++i) w[i] = std::exp(adj[i] - mx);  // the maximum has w == 1 exactly
+    const int32_t cutoff = rank_cutoff(adj, w, ids, vocab_size, p);
+    const ranks_before rank{adj};
+    // min-p compares prob / max prob, which is w itself; renormalizing by top-k/top-p leaves the
+    // ratio, and so this test, unchanged.
+    const float min_w = p.min_p;
+    auto kept = [&](int32_t i) {
+      return w[i] >= min_w &&
+             (cutoff < 0 || i == cutoff || rank(static_cast<float>(i), static_cast<float>(cutoff)));
+    };
+    double total = 0;
+    for (int32_t i = 0; i < vocab_size; ++i) {
+      if (kept(i)) total += w[i];
+    }
+    const double target = rng::uniform_double(seed, step) * total;
+    double cum = 0;
+    int32_t chosen = -1;
+    for (int32_t i = 0; i < vocab_size; ++i) {
+      if (!kept(i) || w[i] == 0.0f) continue;
+      cum += w[i];
+      chosen = i;  // also the fallback when rounding leaves cum a hair below target at the end
+      if (cum > target) break;
+    }
+    TROUPE_CHECK_GE(chosen, 0) << "no token survived sampling";
+    result.id = chosen;
+  }
+  result.logprob = static_cast<float>(static_cast<double>(logits[result.id]) - lse);
+  return result;
+}
+
+}  // namespace troupe
