@@ -29,6 +29,20 @@ class error_builder {
   std::ostringstream os_;
 };
 
+template <typename T>
+std::string to_str(const T& v) {
+  std::ostringstream os;
+  os << v;
+  return os.str();
+}
+
+// Empty when the comparison holds; otherwise "expr (a vs b)".
+template <typename F, typename A, typename B>
+std::string check_op(F cmp, const A& a, const B& b, const char* expr) {
+  if (cmp(a, b)) return std::string();
+  return std::string(expr) + " (" + to_str(a) + " vs " + to_str(b) + ")";
+}
+
 // Aborts via exception after the streamed context has been appended (used by TROUPE_CHECK*).
 class check_failure {
  public:
@@ -55,13 +69,12 @@ class check_failure {
   } else                   \
     ::troupe::detail::check_failure(__FILE__, __LINE__, #cond)
 
-#define TROUPE_CHECK_OP(a, b, op)                                                          \
-  if (auto&& troupe_a_ = (a); auto&& troupe_b_ = (b); troupe_a_ op troupe_b_) {            \
-  } else                                                                                   \
-    ::troupe::detail::check_failure(__FILE__, __LINE__,                                    \
-                                    std::string(#a " " #op " " #b " (") +                  \
-                                        ::troupe::detail::to_str(troupe_a_) + " vs " +     \
-                                        ::troupe::detail::to_str(troupe_b_) + ")")
+#define TROUPE_CHECK_OP(a, b, op)                                                                 \
+  if (std::string troupe_msg_ = ::troupe::detail::check_op(                                       \
+          [](const auto& x, const auto& y) { return x op y; }, (a), (b), #a " " #op " " #b);       \
+      troupe_msg_.empty()) {                                                                      \
+  } else                                                                                          \
+    ::troupe::detail::check_failure(__FILE__, __LINE__, troupe_msg_)
 
 #define TROUPE_CHECK_EQ(a, b) TROUPE_CHECK_OP(a, b, ==)
 #define TROUPE_CHECK_NE(a, b) TROUPE_CHECK_OP(a, b, !=)
@@ -70,11 +83,4 @@ class check_failure {
 #define TROUPE_CHECK_GT(a, b) TROUPE_CHECK_OP(a, b, >)
 #define TROUPE_CHECK_GE(a, b) TROUPE_CHECK_OP(a, b, >=)
 
-namespace troupe::detail {
-template <typename T>
-std::string to_str(const T& v) {
-  std::ostringstream os;
-  os << v;
-  return os.str();
-}
-}  // namespace troupe::detail
+

@@ -1,0 +1,39 @@
+// The contract between the engine and a backend that runs the model (CPU now, CUDA per GPU later): one
+// call per step over a flattened batch that mixes prefill chunks and decode tokens.
+#pragma once
+
+#include <cstdint>
+
+#include "core/model_config.h"
+
+namespace troupe {
+
+// Views owned by the caller; valid for the duration of forward().
+struct forward_batch {
+  const int32_t* token_ids = nullptr;     // [num_tokens]: all sequences' tokens of this step, back to back
+  const int32_t* positions = nullptr;     // [num_tokens]
+  const int32_t* slot_mapping = nullptr;  // [num_tokens]: block * block_size + offset where K/V are written
+  const int32_t* query_start = nullptr;   // [num_seqs + 1]: sequence s owns token rows [qs[s], qs[s+1])
+  const int32_t* context_lens = nullptr;  // [num_seqs]: tokens in the cache for s after this step
+  const int32_t* block_tables = nullptr;  // [num_seqs, max_blocks_per_seq]
+  const int32_t* logits_rows = nullptr;   // [num_logits]: token rows whose next-token logits are wanted
+  int32_t num_tokens = 0;
+  int32_t num_seqs = 0;
+  int32_t max_blocks_per_seq = 0;
+  int32_t num_logits = 0;
+};
+
+class model_runner {
+ public:
+  virtual ~model_runner() = default;
+  virtual const model_config& config() const = 0;
+  virtual int32_t block_size() const = 0;
+  virtual int32_t num_kv_blocks() const = 0;
+  // Runs the model over the batch, writes K/V into the cache, and fills logits [num_logits, vocab_size]
+  // (host memory, fp32).
+  virtual void forward(const forward_batch& batch, float* logits) = 0;
+  // Copies whole KV blocks src[i] -> dst[i] (copy-on-write of shared partial blocks).
+  virtual void copy_blocks(const int32_t* src, const int32_t* dst, int32_t n) = 0;
+};
+
+}  // namespace troupe
