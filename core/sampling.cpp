@@ -35,7 +35,7 @@ struct ranks_before {
   }
 };
 
-// log(sum(exp(logits))) in double; also rejects NaN and +inf, which would poison every later step.
+// log(sum(exp(logits))); also rejects NaN and +inf, which would poison every later step.
 double log_sum_exp(const float* logits, int32_t n) {
   float mx = -std::numeric_limits<float>::infinity();
   for (int32_t i = 0; i < n; ++i) {
@@ -44,8 +44,10 @@ double log_sum_exp(const float* logits, int32_t n) {
     mx = std::max(mx, x);
   }
   TROUPE_CHECK(std::isfinite(mx)) << "every logit is -inf";
+  // Float exp (half the cost of double over a 256k vocab) summed in double: the float rounding of each
+  // term is far below what a float logprob can show.
   double sum = 0;
-  for (int32_t i = 0; i < n; ++i) sum += std::exp(static_cast<double>(logits[i]) - mx);
+  for (int32_t i = 0; i < n; ++i) sum += std::exp(logits[i] - mx);
   return mx + std::log(sum);
 }
 
@@ -73,40 +75,6 @@ void top_logprobs(const float* logits, int32_t vocab_size, int32_t k, double lse
   }
   std::sort_heap(top.begin(), top.end(), better);
   for (auto& t : top) t.logprob = static_cast<float>(static_cast<double>(t.logprob) - lse);
-}
-
-// Repetition (prompt + output, each distinct token once), then frequency and presence (output only),
-// in vLLM v1's order. work: [vocab_size] scratch, clobbered.
-void apply_penalties(float* adj, float* work, int32_t vocab_size, const sampling_params& p,
-                     const std::vector<int32_t>& prompt_ids, const std::vector<int32_t>& output_ids) {
-  auto check_id = [vocab_size](int32_t id) {
-    TROUPE_CHECK(id >= 0 && id < vocab_size) << "token id" << id << "outside vocab of" << vocab_size;
-  };
-  if (p.repetition_penalty != 1.0f) {
-    std::fill(work, work + vocab_size, 0.0f);  // seen flags
-    auto penalize = [&](int32_t id) {
-      check_id(id);
-      if (work[id] != 0.0f) return;
-      work[id] = 1.0f;
-      adj[id] = adj[id] > 0 ? adj[id] / p.repetition_penalty : adj[id] * p.repetition_penalty;
-    };
-    for (int32_t id : prompt_ids) penalize(id);
-    for (int32_t id : output_ids) penalize(id);
-  }
-  if (p.frequency_penalty != 0.0f || p.presence_penalty != 0.0f) {
-    std::fill(work, work + vocab_size, 0.0f);  // output counts (exact in float below 2^24)
-    for (int32_t id : output_ids) {
-      check_id(id);
-      work[id] += 1.0f;
-    }
-    for (int32_t id : output_ids) {
-      const float count = work[id];
-      if (count == 0.0f) continue;  // already applied for this token
-      adj[id] -= p.frequency_penalty * count;
-      adj[id] -= p.presence_penalty;
-      work[id] = 0.0f;
-    }
-  }
 }
 
 // The last token (in rank order) that top-k and top-p keep, or -1 when neither cuts anything.
@@ -186,6 +154,39 @@ std::vector<std::string> sampling_params::validate(int32_t vocab_size) const {
   return out;
 }
 
+void apply_penalties(float* adj, int32_t vocab_size, const sampling_params& p,
+                     const std::vector<int32_t>& prompt_ids, const std::vector<int32_t>& output_ids,
+                     float* work) {
+  auto check_id = [vocab_size](int32_t id) {
+    TROUPE_CHECK(id >= 0 && id < vocab_size) << "token id" << id << "outside vocab of" << vocab_size;
+  };
+  if (p.repetition_penalty != 1.0f) {
+    std::fill(work, work + vocab_size, 0.0f);  // seen flags
+    auto penalize = [&](int32_t id) {
+      check_id(id);
+      if (work[id] != 0.0f) return;
+      work[id] = 1.0f;
+      adj[id] = adj[id] > 0 ? adj[id] / p.repetition_penalty : adj[id] * p.repetition_penalty;
+    };
+    for (int32_t id : prompt_ids) penalize(id);
+    for (int32_t id : output_ids) penalize(id);
+  }
+  if (p.frequency_penalty != 0.0f || p.presence_penalty != 0.0f) {
+    std::fill(work, work + vocab_size, 0.0f);  // output counts (exact in float below 2^24)
+    for (int32_t id : output_ids) {
+      check_id(id);
+      work[id] += 1.0f;
+    }
+    for (int32_t id : output_ids) {
+      const float count = work[id];
+      if (count == 0.0f) continue;  // already applied for this token
+      adj[id] -= p.frequency_penalty * count;
+      adj[id] -= p.presence_penalty;
+      work[id] = 0.0f;
+    }
+  }
+}
+
 std::vector<float> log_softmax(const float* logits, int32_t vocab_size) {
   TROUPE_CHECK_GT(vocab_size, 0);
   const double lse = log_sum_exp(logits, vocab_size);
@@ -209,7 +210,7 @@ sample_result sampler::sample(const float* logits, int32_t vocab_size, const sam
   top_logprobs(logits, vocab_size, p.logprobs, lse, result.top);
 
   std::copy(logits, logits + v, adj);
-  apply_penalties(adj, work, vocab_size, p, prompt_ids, output_ids);
+  apply_penalties(adj, vocab_size, p, prompt_ids, output_ids, work);
 
   if (p.is_greedy()) {
     int32_t best = 0;

@@ -70,7 +70,15 @@ class sampler {
                        uint64_t seed, uint64_t step, std::vector<float>& scratch) const;
 };
 
-// log_softmax(logits)[i] computed in double and rounded once (used for logprobs and by tests).
+// The penalty step of sampler::sample, exposed for tests and the GPU port: repetition over prompt +
+// output (each distinct token once: positive logits divided, others multiplied), then
+// logit -= frequency * count + presence * (count > 0) over output tokens, in vLLM v1's order.
+// logits: [vocab_size], changed in place; work: [vocab_size] scratch, clobbered.
+void apply_penalties(float* logits, int32_t vocab_size, const sampling_params& p,
+                     const std::vector<int32_t>& prompt_ids, const std::vector<int32_t>& output_ids,
+                     float* work);
+
+// log_softmax(logits), exactly as the sampler computes logprobs (for tests and prompt scoring).
 std::vector<float> log_softmax(const float* logits, int32_t vocab_size);
 
 }  // namespace troupe
