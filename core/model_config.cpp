@@ -223,6 +223,13 @@ model_config model_config::load(const std::string& path) {
   return from_json(j, path);
 }
 
+int64_t model_config::max_model_len() const {
+  if (rope.type == rope_type::linear || rope.type == rope_type::dynamic) {
+    return static_cast<int64_t>(static_cast<double>(max_position_embeddings) * rope.factor);
+  }
+  return max_position_embeddings;
+}
+
 std::vector<float> rope_inv_freq(const model_config& c, int64_t seq_len) {
   const int dim = c.head_dim;
   const rope_config& r = c.rope;

@@ -49,6 +49,10 @@ struct model_config {
   std::optional<int32_t> bos_token_id;
   std::string torch_dtype;                // as declared; the loader trusts the tensors' own dtypes
 
+  // The longest sequence served: max_position_embeddings, times the factor for linear and dynamic RoPE
+  // scaling (which exist to stretch the trained context), as vLLM derives it.
+  int64_t max_model_len() const;
+
   int32_t q_size() const { return num_heads * head_dim; }
   int32_t kv_size() const { return num_kv_heads * head_dim; }
 

@@ -17,6 +17,11 @@ struct forward_batch {
   const int32_t* context_lens = nullptr;  // [num_seqs]: tokens in the cache for s after this step
   const int32_t* block_tables = nullptr;  // [num_seqs, max_blocks_per_seq]
   const int32_t* logits_rows = nullptr;   // [num_logits]: token rows whose next-token logits are wanted
+  // [num_seqs] or null: each sequence's original prompt length. Only dynamic NTK RoPE reads it: the token
+  // at position p is rotated with the base for length max(p + 1, prompt_len), which is what Hugging Face
+  // computes (one prefill forward over the prompt, then one forward per token) and which does not change
+  // with chunking, batching or recompute. Null means "the whole sequence is the prompt" (context_lens).
+  const int32_t* prompt_lens = nullptr;
   int32_t num_tokens = 0;
   int32_t num_seqs = 0;
   int32_t max_blocks_per_seq = 0;

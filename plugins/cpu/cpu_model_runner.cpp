@@ -132,14 +132,22 @@ void cpu_model_runner::forward(const forward_batch& b, float* logits) {
   grow(gu_, T * 2 * inter);
   grow(act_, T * inter);
 
-  // RoPE frequencies: shared, except dynamic NTK whose base depends on each sequence's length.
+  // RoPE frequencies: shared, except dynamic NTK whose base depends on the sequence length (see
+  // forward_batch::prompt_lens).
   const float* inv_freq = base_inv_freq_.data();
   int64_t inv_stride = 0;
   if (c.rope.type == rope_type::dynamic) {
     grow(inv_freq_rows_, T * (hd / 2));
+    int64_t cached_len = -1;
+    std::vector<float> f;
     for (int32_t s = 0; s < b.num_seqs; ++s) {
-      auto f = rope_inv_freq(c, b.context_lens[s]);
+      const int64_t floor_len = b.prompt_lens ? b.prompt_lens[s] : b.context_lens[s];
       for (int32_t t = b.query_start[s]; t < b.query_start[s + 1]; ++t) {
+        const int64_t len = std::max<int64_t>(b.positions[t] + 1, floor_len);
+        if (len != cached_len) {
+          f = rope_inv_freq(c, len);
+          cached_len = len;
+        }
         std::copy(f.begin(), f.end(), inv_freq_rows_.begin() + t * (hd / 2));
       }
     }
