@@ -7,7 +7,7 @@ PKGS=(
   libgtest-dev libgmock-dev
   nlohmann-json3-dev libpcre2-dev libyaml-cpp-dev
   libcaf-dev libboost-dev libboost-system-dev libssl-dev
-  nodejs npm python3
+  nodejs npm python3 python3-websockets prometheus
 )
 
 SUDO=""
