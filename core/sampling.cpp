@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <functional>
 #include <limits>
 #include <sstream>
 
@@ -38,10 +39,17 @@ struct ranks_before {
 // log(sum(exp(logits))); also rejects NaN and +inf, which would poison every later step.
 double log_sum_exp(const float* logits, int32_t n) {
   float mx = -std::numeric_limits<float>::infinity();
+  bool bad = false;  // branch-free scan so the loop vectorizes; the culprit is found only on failure
   for (int32_t i = 0; i < n; ++i) {
     const float x = logits[i];
-    TROUPE_CHECK(!std::isnan(x) && x != std::numeric_limits<float>::infinity()) << "logit" << i << "is" << x;
+    bad |= std::isnan(x) | (x == std::numeric_limits<float>::infinity());
     mx = std::max(mx, x);
+  }
+  if (bad) {
+    for (int32_t i = 0; i < n; ++i) {
+      TROUPE_CHECK(!std::isnan(logits[i]) && logits[i] != std::numeric_limits<float>::infinity())
+          << "logit" << i << "is" << logits[i];
+    }
   }
   TROUPE_CHECK(std::isfinite(mx)) << "every logit is -inf";
   // Float exp (half the cost of double over a 256k vocab) summed in double: the float rounding of each
@@ -77,41 +85,65 @@ void top_logprobs(const float* logits, int32_t vocab_size, int32_t k, double lse
   for (auto& t : top) t.logprob = static_cast<float>(static_cast<double>(t.logprob) - lse);
 }
 
+bool at_or_before(const float* adj, int32_t i, int32_t c) {
+  return adj[i] > adj[c] || (adj[i] == adj[c] && i <= c);
+}
+
+// The m-th token in rank order. nth_element runs on a plain copy of the values: direct float compares
+// are several times faster than ranking ids through adj. vals: [vocab_size] scratch.
+int32_t mth_best(const float* adj, int32_t vocab_size, int32_t m, float* vals) {
+  std::copy(adj, adj + vocab_size, vals);
+  std::nth_element(vals, vals + (m - 1), vals + vocab_size, std::greater<float>());
+  const float t = vals[m - 1];
+  int32_t above = 0;
+  for (int32_t i = 0; i < vocab_size; ++i) above += adj[i] > t;
+  int32_t ties_left = m - above;  // >= 1: the m-th is the ties_left-th lowest id valued t
+  for (int32_t i = 0; i < vocab_size; ++i) {
+    if (adj[i] == t && --ties_left == 0) return i;
+  }
+  TROUPE_CHECK(false) << "unreachable: no" << m << "th best token";
+  return -1;
+}
+
+// The m best token ids, in rank order. vals: [vocab_size] scratch; ids: [m] output.
+void best_ids_sorted(const float* adj, int32_t vocab_size, int32_t m, float* vals, float* ids) {
+  const int32_t cut = mth_best(adj, vocab_size, m, vals);
+  int32_t n = 0;
+  for (int32_t i = 0; i < vocab_size; ++i) {
+    if (at_or_before(adj, i, cut)) ids[n++] = static_cast<float>(i);
+  }
+  TROUPE_CHECK_EQ(n, m);
+  std::sort(ids, ids + m, ranks_before{adj});
+}
+
 // The last token (in rank order) that top-k and top-p keep, or -1 when neither cuts anything.
-// w: [vocab_size] unnormalized probabilities; ids: [vocab_size] scratch.
-int32_t rank_cutoff(const float* adj, const float* w, float* ids, int32_t vocab_size,
+// w: [vocab_size] unnormalized probabilities; vals, ids: [vocab_size] scratch each.
+int32_t rank_cutoff(const float* adj, const float* w, float* vals, float* ids, int32_t vocab_size,
                     const sampling_params& p) {
   const int32_t k = (p.top_k > 0 && p.top_k < vocab_size) ? p.top_k : vocab_size;
   const bool use_top_p = p.top_p < 1.0f;
   if (k == vocab_size && !use_top_p) return -1;
-  const ranks_before rank{adj};
-  for (int32_t i = 0; i < vocab_size; ++i) ids[i] = static_cast<float>(i);
-  int32_t n = vocab_size;
-  int32_t cutoff = -1;
-  if (k < vocab_size) {
-    std::nth_element(ids, ids + (k - 1), ids + vocab_size, rank);
-    n = k;
-    cutoff = static_cast<int32_t>(ids[k - 1]);
-  }
-  if (!use_top_p) return cutoff;
+  const int32_t cutoff_k = k < vocab_size ? mth_best(adj, vocab_size, k, vals) : -1;
+  if (!use_top_p) return cutoff_k;
   double mass = 0;  // of the top-k survivors: top-p cuts the renormalized distribution
-  for (int32_t j = 0; j < n; ++j) mass += w[static_cast<int32_t>(ids[j])];
+  for (int32_t i = 0; i < vocab_size; ++i) {
+    if (cutoff_k < 0 || at_or_before(adj, i, cutoff_k)) mass += w[i];
+  }
   const double need = static_cast<double>(p.top_p) * mass;
-  // Sort only as far as the mass requires: grow a sorted prefix in doubling chunks, each chunk found
-  // by nth_element over the rest. Typical top-p stops inside the first chunk.
+  // Sort only as far as the mass requires: the best 64, then 128, ... (each an O(V) selection plus a
+  // small sort). Typical top-p stops inside the first 64. The sum runs in rank order whatever the
+  // chunking, so the cutoff does not depend on it.
   double cum = 0;
-  int32_t sorted = 0;
-  while (sorted < n) {
-    const int32_t next = std::min(n, std::max(2 * sorted, 64));
-    if (next < n) std::nth_element(ids + sorted, ids + next, ids + n, rank);
-    std::sort(ids + sorted, ids + next, rank);
-    for (int32_t j = sorted; j < next; ++j) {
+  int32_t summed = 0;
+  for (int32_t m = std::min(k, 64);; m = std::min(k, 2 * m)) {
+    best_ids_sorted(adj, vocab_size, m, vals, ids);
+    for (int32_t j = summed; j < m; ++j) {
       cum += w[static_cast<int32_t>(ids[j])];
       if (cum >= need) return static_cast<int32_t>(ids[j]);
     }
-    sorted = next;
+    summed = m;
+    if (m == k) return static_cast<int32_t>(ids[k - 1]);  // rounding left the sum a hair short
   }
-  return static_cast<int32_t>(ids[n - 1]);  // rounding left the sum a hair short: keep them all
 }
 
 }  // namespace
@@ -200,10 +232,11 @@ sample_result sampler::sample(const float* logits, int32_t vocab_size, const sam
                               uint64_t seed, uint64_t step, std::vector<float>& scratch) const {
   TROUPE_CHECK(vocab_size > 0 && vocab_size <= (1 << 24)) << "vocab_size" << vocab_size;
   const size_t v = static_cast<size_t>(vocab_size);
-  if (scratch.size() < 3 * v) scratch.resize(3 * v);
-  float* adj = scratch.data();          // [V] penalized (then temperature-scaled) logits
-  float* work = scratch.data() + v;     // [V] penalty bookkeeping, then unnormalized probs
-  float* ids = scratch.data() + 2 * v;  // [V] token ids (as floats) for top-k / top-p selection
+  if (scratch.size() < 4 * v) scratch.resize(4 * v);
+  float* adj = scratch.data();           // [V] penalized (then temperature-scaled) logits
+  float* work = scratch.data() + v;      // [V] penalty bookkeeping, then unnormalized probs
+  float* vals = scratch.data() + 2 * v;  // [V] selection workspace for top-k / top-p
+  float* ids = scratch.data() + 3 * v;   // [V] token ids (as floats), best first, for top-p
 
   sample_result result;
   const double lse = log_sum_exp(logits, vocab_size);
@@ -227,7 +260,7 @@ sample_result sampler::sample(const float* logits, int32_t vocab_size, const sam
     TROUPE_CHECK(std::isfinite(mx)) << "every penalized logit is -inf or the maximum overflowed:" << mx;
     float* w = work;
     for (size_t i = 0; i < v; ++i) w[i] = std::exp(adj[i] - mx);  // the maximum has w == 1 exactly
-    const int32_t cutoff = rank_cutoff(adj, w, ids, vocab_size, p);
+    const int32_t cutoff = rank_cutoff(adj, w, vals, ids, vocab_size, p);
     const ranks_before rank{adj};
     // min-p compares prob / max prob, which is w itself; renormalizing by top-k/top-p leaves the
     // ratio, and so this test, unchanged.

@@ -55,7 +55,7 @@ class sampler {
   // logits: [vocab_size] raw model output for one sequence. seed: the request's seed (p.seed when set,
   // otherwise one the engine drew at admission; p.seed itself is not read here). step: the index of the
   // output token being drawn, so the draw depends only on (seed, step). scratch: reused across calls,
-  // grows to 3 * vocab_size floats once and never allocates again.
+  // grows to 4 * vocab_size floats once and never allocates again.
   //
   // Order (vLLM v1): logprobs from log_softmax of the raw logits; repetition penalty (prompt + output,
   // positive logits divided, negative multiplied), frequency and presence penalties (output only);

@@ -342,6 +342,31 @@ TEST(sampler, top_p_on_a_large_vocab_matches_a_full_sort) {
   expect_distribution(counts, expected, seed);
 }
 
+TEST(sampler, ties_at_the_cutoff_keep_the_lower_ids) {
+  const uint64_t seed = fresh_seed();
+  sampling_params p;
+  p.top_k = 2;
+  expect_distribution(histogram({1.0f, 2.0f, 2.0f, 2.0f, 0.0f}, p, 20000, seed), {0, 1, 1, 0, 0}, seed);
+  p = sampling_params{};
+  p.top_p = 0.5f;  // four equal tokens: exactly two reach half the mass
+  expect_distribution(histogram({0.0f, 0.0f, 0.0f, 0.0f}, p, 20000, seed), {1, 1, 0, 0}, seed);
+
+  // A large vocab on a coarse grid: the top-k cutoff falls inside a group of a few hundred ties.
+  std::mt19937_64 gen(seed);
+  constexpr int32_t kVocab = 1500, kTopK = 250;
+  std::vector<float> logits(kVocab);
+  for (auto& x : logits) x = std::uniform_int_distribution<int>(0, 10)(gen) * 0.1f;
+  std::vector<int32_t> order(kVocab);
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(), [&](int32_t a, int32_t b) { return logits[a] > logits[b]; });
+  ASSERT_EQ(logits[order[kTopK - 1]], logits[order[kTopK]]) << "the cutoff must split a tie group";
+  std::vector<double> expected(kVocab, 0.0);
+  for (int32_t j = 0; j < kTopK; ++j) expected[order[j]] = std::exp(static_cast<double>(logits[order[j]]));
+  p = sampling_params{};
+  p.top_k = kTopK;
+  expect_distribution(histogram(logits, p, 25000, seed), expected, seed);
+}
+
 TEST(sampler, same_seed_and_step_give_the_same_token_in_any_call_order) {
   const uint64_t seed = fresh_seed();
   std::mt19937_64 gen(seed);
