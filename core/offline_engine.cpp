@@ -140,6 +140,15 @@ std::vector<generate_output> offline_engine::generate(const std::vector<generate
     all.push_back(std::move(s));
   }
 
+  // Whatever happens (an error mid-batch), every block goes back to the pool.
+  struct release_all {
+    offline_engine* e;
+    std::vector<std::unique_ptr<sequence>>* seqs;
+    ~release_all() {
+      for (auto& s : *seqs) e->free_blocks(*s);
+    }
+  } guard{this, &all};
+
   const sampler smp;
   std::vector<float> logits, scratch;
   auto finish = [&](sequence& s, const std::string& reason) {
