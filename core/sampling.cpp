@@ -116,26 +116,19 @@ void best_ids_sorted(const float* adj, int32_t vocab_size, int32_t m, float* val
   std::sort(ids, ids + m, ranks_before{adj});
 }
 
-// The last token (in rank order) that top-k and top-p keep, or -1 when neither cuts anything.
-// w: [vocab_size] unnormalized probabilities; vals, ids: [vocab_size] scratch each.
-int32_t rank_cutoff(const float* adj, const float* w, float* vals, float* ids, int32_t vocab_size,
-                    const sampling_params& p) {
-  const int32_t k = (p.top_k > 0 && p.top_k < vocab_size) ? p.top_k : vocab_size;
-  const bool use_top_p = p.top_p < 1.0f;
-  if (k == vocab_size && !use_top_p) return -1;
-  const int32_t cutoff_k = k < vocab_size ? mth_best(adj, vocab_size, k, vals) : -1;
-  if (!use_top_p) return cutoff_k;
+// The last token (in rank order) that top-p keeps among the top-k survivors (k of them; w is 0 for the
+// others). w: [vocab_size] unnormalized probabilities; vals, ids: [vocab_size] scratch each.
+int32_t top_p_cutoff(const float* adj, const float* w, float* vals, float* ids, int32_t vocab_size, int32_t k,
+                     float top_p) {
   double mass = 0;  // of the top-k survivors: top-p cuts the renormalized distribution
-  for (int32_t i = 0; i < vocab_size; ++i) {
-    if (cutoff_k < 0 || at_or_before(adj, i, cutoff_k)) mass += w[i];
-  }
-  const double need = static_cast<double>(p.top_p) * mass;
-  // Sort only as far as the mass requires: the best 64, then 128, ... (each an O(V) selection plus a
+  for (int32_t i = 0; i < vocab_size; ++i) mass += w[i];
+  const double need = static_cast<double>(top_p) * mass;
+  // Sort only as far as the mass requires: the best 64, then 256, ... (each an O(V) selection plus a
   // small sort). Typical top-p stops inside the first 64. The sum runs in rank order whatever the
   // chunking, so the cutoff does not depend on it.
   double cum = 0;
   int32_t summed = 0;
-  for (int32_t m = std::min(k, 64);; m = std::min(k, 2 * m)) {
+  for (int32_t m = std::min(k, 64);; m = static_cast<int32_t>(std::min<int64_t>(k, 4 * int64_t{m}))) {
     best_ids_sorted(adj, vocab_size, m, vals, ids);
     for (int32_t j = summed; j < m; ++j) {
       cum += w[static_cast<int32_t>(ids[j])];
@@ -258,9 +251,17 @@ sample_result sampler::sample(const float* logits, int32_t vocab_size, const sam
       mx = std::max(mx, adj[i]);
     }
     TROUPE_CHECK(std::isfinite(mx)) << "every penalized logit is -inf or the maximum overflowed:" << mx;
-    float* w = work;
-    for (size_t i = 0; i < v; ++i) w[i] = std::exp(adj[i] - mx);  // the maximum has w == 1 exactly
-    const int32_t cutoff = rank_cutoff(adj, w, vals, ids, vocab_size, p);
+    // Top-k first, on the logits alone, so that exp runs only for its survivors (the others get w = 0).
+    const int32_t k = (p.top_k > 0 && p.top_k < vocab_size) ? p.top_k : vocab_size;
+    int32_t cutoff = k < vocab_size ? mth_best(adj, vocab_size, k, vals) : -1;  // last kept, rank order
+    float* w = work;  // unnormalized probabilities: the maximum has w == 1 exactly
+    if (cutoff < 0) {
+      for (size_t i = 0; i < v; ++i) w[i] = std::exp(adj[i] - mx);
+    } else {
+      for (int32_t i = 0; i < vocab_size; ++i)
+        w[i] = at_or_before(adj, i, cutoff) ? std::exp(adj[i] - mx) : 0.0f;
+    }
+    if (p.top_p < 1.0f) cutoff = top_p_cutoff(adj, w, vals, ids, vocab_size, k, p.top_p);
     const ranks_before rank{adj};
     // min-p compares prob / max prob, which is w itself; renormalizing by top-k/top-p leaves the
     // ratio, and so this test, unchanged.

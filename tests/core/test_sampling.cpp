@@ -353,9 +353,15 @@ TEST(sampler, ties_at_the_cutoff_keep_the_lower_ids) {
 
   // A large vocab on a coarse grid: the top-k cutoff falls inside a group of a few hundred ties.
   std::mt19937_64 gen(seed);
-  constexpr int32_t kVocab = 1500, kTopK = 250;
+  constexpr int32_t kVocab = 1500;
   std::vector<float> logits(kVocab);
   for (auto& x : logits) x = std::uniform_int_distribution<int>(0, 10)(gen) * 0.1f;
+  // Cut halfway through the third-best group of ties (each group holds ~136 tokens).
+  const float third = 0.8f;
+  const auto above = std::count_if(logits.begin(), logits.end(), [&](float x) { return x > third; });
+  const auto group = std::count(logits.begin(), logits.end(), third);
+  const auto kTopK = static_cast<int32_t>(above + group / 2);
+  ASSERT_GT(group, 10);
   std::vector<int32_t> order(kVocab);
   std::iota(order.begin(), order.end(), 0);
   std::stable_sort(order.begin(), order.end(), [&](int32_t a, int32_t b) { return logits[a] > logits[b]; });
