@@ -19,6 +19,7 @@
 
 #include "core/chat_template/interpreter.h"
 #include "core/chat_template/parser.h"
+#include "core/error.h"
 
 namespace troupe {
 

@@ -130,12 +130,16 @@ class parser {
     return n;
   }
 
-  // Statements until one of `names` opens a tag; running out of tokens first is an error.
-  std::vector<node_ptr> parse_until(std::initializer_list<const char*> names) {
+  // Statements until one of `names` opens a tag. Running out of tokens first is an error naming the
+  // line where the unclosed block began.
+  std::vector<node_ptr> parse_until(std::initializer_list<const char*> names, const char* block,
+                                    int open_line) {
     std::vector<node_ptr> out;
     while (!is_statement(names)) {
-      if (cur_ >= t_.size())
-        fail(std::string("Unexpected end of template: expected {% ") + *names.begin() + " %}");
+      if (cur_ >= t_.size()) {
+        throw_template_error(open_line, std::string("{% ") + block + " %} is never closed (expected {% end" +
+                                            block + " %} before the end of the template)");
+      }
       out.push_back(parse_any());
     }
     return out;
@@ -195,7 +199,7 @@ class parser {
       n->name = id->name;
       n->list = parse_args(true);
       expect(token_type::close_statement, "Expected closing statement token");
-      n->body = parse_until({"endmacro"});
+      n->body = parse_until({"endmacro"}, "macro", at);
       expect_end("endmacro");
       return n;
     }
@@ -214,7 +218,7 @@ class parser {
       call->list = parse_args(false);
       n->a = std::move(call);
       expect(token_type::close_statement, "Expected closing statement token");
-      n->body = parse_until({"endcall"});
+      n->body = parse_until({"endcall"}, "call", at);
       expect_end("endcall");
       return n;
     }
@@ -228,7 +232,7 @@ class parser {
       if (f->kind == node_kind::identifier && is(token_type::open_paren)) f = parse_call(std::move(f));
       n->a = std::move(f);
       expect(token_type::close_statement, "Expected closing statement token");
-      n->body = parse_until({"endfilter"});
+      n->body = parse_until({"endfilter"}, "filter", at);
       expect_end("endfilter");
       return n;
     }
@@ -243,7 +247,7 @@ class parser {
       n->b = parse_expression_sequence(false);
     } else {
       expect(token_type::close_statement, "Expected %} token");
-      n->body = parse_until({"endset"});
+      n->body = parse_until({"endset"}, "set", at);
       expect(token_type::open_statement, "Expected {% token");
       expect_identifier("endset");
     }
@@ -255,7 +259,7 @@ class parser {
     auto n = make(node_kind::if_stmt, at);
     n->a = parse_expression();
     expect(token_type::close_statement, "Expected closing statement token");
-    n->body = parse_until({"elif", "else", "endif"});
+    n->body = parse_until({"elif", "else", "endif"}, "if", at);
     if (is_statement({"elif"})) {
       int elif_line = t_[cur_ + 1].line;
       cur_ += 2;
@@ -263,7 +267,7 @@ class parser {
     } else if (is_statement({"else"})) {
       cur_ += 2;
       expect(token_type::close_statement, "Expected closing statement token");
-      n->alt = parse_until({"endif"});
+      n->alt = parse_until({"endif"}, "if", at);
     }
     return n;
   }
@@ -278,11 +282,11 @@ class parser {
     ++cur_;
     n->b = parse_expression();
     expect(token_type::close_statement, "Expected closing statement token");
-    n->body = parse_until({"endfor", "else"});
+    n->body = parse_until({"endfor", "else"}, "for", at);
     if (is_statement({"else"})) {
       cur_ += 2;
       expect(token_type::close_statement, "Expected closing statement token");
-      n->alt = parse_until({"endfor"});
+      n->alt = parse_until({"endfor"}, "for", at);
     }
     return n;
   }
