@@ -8,8 +8,11 @@
 
 namespace troupe::cli {
 
-arg_parser::arg_parser(std::string command, std::set<std::string> value_flags, std::set<std::string> bool_flags)
-    : command_(std::move(command)), value_flags_(std::move(value_flags)), bool_flags_(std::move(bool_flags)) {}
+arg_parser::arg_parser(std::string command, std::set<std::string> value_flags,
+                       std::set<std::string> bool_flags)
+    : command_(std::move(command)),
+      value_flags_(std::move(value_flags)),
+      bool_flags_(std::move(bool_flags)) {}
 
 void arg_parser::parse(const std::vector<std::string>& args) {
   for (size_t i = 0; i < args.size(); ++i) {

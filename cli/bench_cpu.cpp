@@ -23,7 +23,8 @@ int run(const std::vector<std::string>& args) {
   const int in_len = static_cast<int>(ap.get_int("input-len").value_or(32));
   const int out_len = static_cast<int>(ap.get_int("output-len").value_or(64));
   const int repeat = static_cast<int>(ap.get_int("repeat").value_or(3));
-  if (batch < 1 || in_len < 1 || out_len < 2 || repeat < 1) throw error("batch, input-len, repeat >= 1; output-len >= 2");
+  if (batch < 1 || in_len < 1 || out_len < 2 || repeat < 1)
+    throw error("batch, input-len, repeat >= 1; output-len >= 2");
   const int64_t tokens = static_cast<int64_t>(batch) * (in_len + out_len);
   loaded_model m = load_model(*model, static_cast<int32_t>(tokens / 16 + batch + 1),
                               static_cast<int32_t>(ap.get_int("threads").value_or(0)));
@@ -67,8 +68,8 @@ int run(const std::vector<std::string>& args) {
   return 0;
 }
 
-bench_registrar reg("cpu", "CPU engine prefill/decode throughput (--model DIR --batch B --input-len P --output-len G)",
-                    run);
+bench_registrar reg(
+    "cpu", "CPU engine prefill/decode throughput (--model DIR --batch B --input-len P --output-len G)", run);
 
 }  // namespace
 }  // namespace troupe::cli

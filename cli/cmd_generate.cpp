@@ -41,7 +41,8 @@ int run(const std::vector<std::string>& args) {
   ap.parse(args);
   auto model = ap.get("model");
   if (!model) throw error("--model DIR is required");
-  if (ap.has("prompt") == ap.has("prompt-ids")) throw error("give exactly one of --prompt TEXT or --prompt-ids 1,2,3");
+  if (ap.has("prompt") == ap.has("prompt-ids"))
+    throw error("give exactly one of --prompt TEXT or --prompt-ids 1,2,3");
 
   generate_request req;
   sampling_params& p = req.params;

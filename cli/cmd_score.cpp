@@ -32,7 +32,8 @@ int run(const std::vector<std::string>& args) {
   if (top < 0 || top > 1000) throw error("--top must be in 0..1000");
   int64_t blocks = ap.get_int("num-kv-blocks").value_or(0);
   if (blocks == 0) blocks = static_cast<int64_t>(ids->size() / 16 + 2);
-  loaded_model m = load_model(*model, static_cast<int32_t>(blocks), static_cast<int32_t>(ap.get_int("threads").value_or(0)));
+  loaded_model m = load_model(*model, static_cast<int32_t>(blocks),
+                              static_cast<int32_t>(ap.get_int("threads").value_or(0)));
   offline_engine engine(*m.runner, m.tok.get());
   score_output out = engine.score(*ids, static_cast<int32_t>(top));
   if (ap.has("json")) {

@@ -27,12 +27,12 @@ struct engine_request {
 
 // New output of one of the request's n sequences in one step.
 struct sequence_delta {
-  int32_t index = 0;                                 // 0..n-1
-  std::vector<int32_t> token_ids;                    // tokens sampled this step (usually one)
-  std::string text;                                  // newly safe text (held back while a stop string may start)
-  std::vector<float> token_logprobs;                 // per token: the sampled token's raw logprob
+  int32_t index = 0;                  // 0..n-1
+  std::vector<int32_t> token_ids;     // tokens sampled this step (usually one)
+  std::string text;                   // newly safe text (held back while a stop string may start)
+  std::vector<float> token_logprobs;  // per token: the sampled token's raw logprob
   std::vector<std::vector<token_logprob>> top_logprobs;  // per token, when params.logprobs > 0
-  std::optional<std::string> finish_reason;          // "stop" | "length" | "abort" once this sequence ended
+  std::optional<std::string> finish_reason;  // "stop" | "length" | "abort" once this sequence ended
 };
 
 struct request_usage {
@@ -42,9 +42,9 @@ struct request_usage {
 };
 
 struct request_timing {
-  double queue_s = 0;   // arrival -> first scheduled
-  double ttft_s = 0;    // arrival -> first token
-  double total_s = 0;   // arrival -> finished
+  double queue_s = 0;  // arrival -> first scheduled
+  double ttft_s = 0;   // arrival -> first token
+  double total_s = 0;  // arrival -> finished
 };
 
 struct request_event {
@@ -70,14 +70,14 @@ struct engine_stats {
   int32_t num_waiting = 0;
   int32_t num_kv_blocks = 0;
   int32_t num_kv_blocks_used = 0;
-  double kv_usage = 0;  // 0..1
+  double kv_usage = 0;                // 0..1
   uint64_t prefix_cache_queries = 0;  // tokens looked up
   uint64_t prefix_cache_hits = 0;     // tokens found
   uint64_t preemptions = 0;
 };
 
 struct model_info {
-  std::string name;        // served model name (the directory name unless configured)
+  std::string name;  // served model name (the directory name unless configured)
   int32_t vocab_size = 0;
   int64_t max_model_len = 0;
 };

@@ -69,11 +69,11 @@ class check_failure {
   } else                   \
     ::troupe::detail::check_failure(__FILE__, __LINE__, #cond)
 
-#define TROUPE_CHECK_OP(a, b, op)                                                                 \
-  if (std::string troupe_msg_ = ::troupe::detail::check_op(                                       \
-          [](const auto& x, const auto& y) { return x op y; }, (a), (b), #a " " #op " " #b);       \
-      troupe_msg_.empty()) {                                                                      \
-  } else                                                                                          \
+#define TROUPE_CHECK_OP(a, b, op)                                                            \
+  if (std::string troupe_msg_ = ::troupe::detail::check_op(                                  \
+          [](const auto& x, const auto& y) { return x op y; }, (a), (b), #a " " #op " " #b); \
+      troupe_msg_.empty()) {                                                                 \
+  } else                                                                                     \
     ::troupe::detail::check_failure(__FILE__, __LINE__, troupe_msg_)
 
 #define TROUPE_CHECK_EQ(a, b) TROUPE_CHECK_OP(a, b, ==)
@@ -82,5 +82,3 @@ class check_failure {
 #define TROUPE_CHECK_LE(a, b) TROUPE_CHECK_OP(a, b, <=)
 #define TROUPE_CHECK_GT(a, b) TROUPE_CHECK_OP(a, b, >)
 #define TROUPE_CHECK_GE(a, b) TROUPE_CHECK_OP(a, b, >=)
-
-

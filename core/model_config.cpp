@@ -11,20 +11,28 @@ namespace troupe {
 
 const char* arch_name(model_arch a) {
   switch (a) {
-    case model_arch::llama: return "llama";
-    case model_arch::mistral: return "mistral";
-    case model_arch::qwen2: return "qwen2";
-    case model_arch::qwen3: return "qwen3";
+    case model_arch::llama:
+      return "llama";
+    case model_arch::mistral:
+      return "mistral";
+    case model_arch::qwen2:
+      return "qwen2";
+    case model_arch::qwen3:
+      return "qwen3";
   }
   return "?";
 }
 
 const char* rope_type_name(rope_type t) {
   switch (t) {
-    case rope_type::none: return "default";
-    case rope_type::linear: return "linear";
-    case rope_type::dynamic: return "dynamic";
-    case rope_type::llama3: return "llama3";
+    case rope_type::none:
+      return "default";
+    case rope_type::linear:
+      return "linear";
+    case rope_type::dynamic:
+      return "dynamic";
+    case rope_type::llama3:
+      return "llama3";
   }
   return "?";
 }
@@ -178,8 +186,9 @@ model_config model_config::from_json(const json& j, const std::string& source) {
     c.head_dim = c.hidden_size / c.num_heads;
   }
   if (c.num_heads % c.num_kv_heads != 0) {
-    f.fail("num_key_value_heads", "(" + std::to_string(c.num_kv_heads) + ") must divide num_attention_heads (" +
-                                      std::to_string(c.num_heads) + ")");
+    f.fail("num_key_value_heads", "(" + std::to_string(c.num_kv_heads) +
+                                      ") must divide num_attention_heads (" + std::to_string(c.num_heads) +
+                                      ")");
   }
   if (c.head_dim % 2 != 0) f.fail("head_dim", "must be even for RoPE");
   if (f.present("partial_rotary_factor") && f.get_double_or("partial_rotary_factor", 1.0) != 1.0) {
@@ -264,7 +273,8 @@ std::vector<float> rope_inv_freq(const model_config& c, int64_t seq_len) {
       } else if (wavelen > low_wavelen) {
         out = f / r.factor;  // low frequency: fully scaled
       } else {
-        const double smooth = (old_ctx / wavelen - r.low_freq_factor) / (r.high_freq_factor - r.low_freq_factor);
+        const double smooth =
+            (old_ctx / wavelen - r.low_freq_factor) / (r.high_freq_factor - r.low_freq_factor);
         out = (1 - smooth) * f / r.factor + smooth * f;
       }
       x = static_cast<float>(out);

@@ -3,11 +3,10 @@
 #pragma once
 
 #include <cstdint>
+#include <nlohmann/json_fwd.hpp>
 #include <optional>
 #include <string>
 #include <vector>
-
-#include <nlohmann/json_fwd.hpp>
 
 namespace troupe {
 
@@ -42,12 +41,12 @@ struct model_config {
   bool tie_word_embeddings = false;
   bool attention_bias = false;  // q/k/v biases (Qwen2; Llama's optional attention_bias)
   bool mlp_bias = false;
-  bool qk_norm = false;         // per-head RMSNorm on q and k before RoPE (Qwen3)
+  bool qk_norm = false;                   // per-head RMSNorm on q and k before RoPE (Qwen3)
   std::optional<int32_t> sliding_window;  // only when the model actually uses one
   rope_config rope;
-  std::vector<int32_t> eos_token_ids;     // config.json's eos_token_id (int or list)
+  std::vector<int32_t> eos_token_ids;  // config.json's eos_token_id (int or list)
   std::optional<int32_t> bos_token_id;
-  std::string torch_dtype;                // as declared; the loader trusts the tensors' own dtypes
+  std::string torch_dtype;  // as declared; the loader trusts the tensors' own dtypes
 
   // The longest sequence served: max_position_embeddings, times the factor for linear and dynamic RoPE
   // scaling (which exist to stretch the trained context), as vLLM derives it.

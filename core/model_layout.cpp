@@ -56,7 +56,8 @@ static std::string shape_str(const std::vector<int64_t>& s) {
 
 static bool ignorable(const std::string& name) {
   const std::string suffix = "rotary_emb.inv_freq";
-  return name.size() >= suffix.size() && name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0;
+  return name.size() >= suffix.size() &&
+         name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
 
 void validate_checkpoint(const checkpoint& ckpt, const model_config& c) {
@@ -66,7 +67,8 @@ void validate_checkpoint(const checkpoint& ckpt, const model_config& c) {
     const tensor_view* t = ckpt.find(e.name);
     if (!t) {
       if (e.optional) continue;
-      throw error(ckpt.dir() + ": missing tensor '" + e.name + "' (expected shape " + shape_str(e.shape) + ")");
+      throw error(ckpt.dir() + ": missing tensor '" + e.name + "' (expected shape " + shape_str(e.shape) +
+                  ")");
     }
     if (t->shape != e.shape) {
       throw error(t->file + ": tensor '" + e.name + "' has shape " + t->shape_str() + ", expected " +

@@ -118,7 +118,8 @@ std::vector<generate_output> offline_engine::generate(const std::vector<generate
       }
     }
     if (!tok_ && !req.params.stop.empty()) errs.push_back("stop strings need a tokenizer");
-    for (const auto& e : errs) problems += (problems.empty() ? "" : "; ") + ("request " + std::to_string(r) + ": " + e);
+    for (const auto& e : errs)
+      problems += (problems.empty() ? "" : "; ") + ("request " + std::to_string(r) + ": " + e);
   }
   if (!problems.empty()) throw error(problems);
 
@@ -169,19 +170,23 @@ std::vector<generate_output> offline_engine::generate(const std::vector<generate
   };
   auto accept = [&](sequence& s, const float* row) {
     const sampling_params& p = *s.params;
-    std::vector<int32_t> output(s.tokens.begin() + static_cast<std::ptrdiff_t>(s.prompt.size()), s.tokens.end());
+    std::vector<int32_t> output(s.tokens.begin() + static_cast<std::ptrdiff_t>(s.prompt.size()),
+                                s.tokens.end());
     sample_result res = smp.sample(row, c.vocab_size, p, s.prompt, output, s.seed, output.size(), scratch);
     s.tokens.push_back(res.id);
     s.out.ids.push_back(res.id);
     s.out.token_logprobs.push_back(res.logprob);
     if (p.logprobs > 0) {
       auto top = res.top;
-      bool found = std::any_of(top.begin(), top.end(), [&](const token_logprob& t) { return t.id == res.id; });
+      bool found =
+          std::any_of(top.begin(), top.end(), [&](const token_logprob& t) { return t.id == res.id; });
       if (!found) top.push_back({res.id, res.logprob});
       s.out.logprobs.push_back(std::move(top));
     }
-    const bool is_eos = !p.ignore_eos && std::find(eos_ids_.begin(), eos_ids_.end(), res.id) != eos_ids_.end();
-    const bool is_stop_id = std::find(p.stop_token_ids.begin(), p.stop_token_ids.end(), res.id) != p.stop_token_ids.end();
+    const bool is_eos =
+        !p.ignore_eos && std::find(eos_ids_.begin(), eos_ids_.end(), res.id) != eos_ids_.end();
+    const bool is_stop_id =
+        std::find(p.stop_token_ids.begin(), p.stop_token_ids.end(), res.id) != p.stop_token_ids.end();
     if (s.detok && !is_eos) {
       auto u = s.stops->push(s.detok->push(res.id));
       s.out.text += u.emit;
@@ -287,14 +292,14 @@ score_output offline_engine::score(const std::vector<int32_t>& ids, int32_t top_
     for (int32_t r = 0; r < chunk; ++r) {
       const int32_t t = s.num_computed + r;  // this row predicts ids[t + 1]
       if (t + 1 >= n) break;
-      std::vector<float> lp = log_softmax(logits.data() + static_cast<size_t>(r) * c.vocab_size, c.vocab_size);
+      std::vector<float> lp =
+          log_softmax(logits.data() + static_cast<size_t>(r) * c.vocab_size, c.vocab_size);
       out.logprobs.push_back(lp[ids[t + 1]]);
       if (top_k > 0) {
         std::vector<int32_t> idx(lp.size());
         for (size_t i = 0; i < idx.size(); ++i) idx[i] = static_cast<int32_t>(i);
-        std::partial_sort(idx.begin(), idx.begin() + top_k, idx.end(), [&](int32_t a, int32_t b2) {
-          return lp[a] != lp[b2] ? lp[a] > lp[b2] : a < b2;
-        });
+        std::partial_sort(idx.begin(), idx.begin() + top_k, idx.end(),
+                          [&](int32_t a, int32_t b2) { return lp[a] != lp[b2] ? lp[a] > lp[b2] : a < b2; });
         std::vector<token_logprob> top;
         for (int32_t i = 0; i < top_k; ++i) top.push_back({idx[i], lp[idx[i]]});
         out.top.push_back(std::move(top));

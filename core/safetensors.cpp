@@ -22,19 +22,32 @@ using json = nlohmann::json;
 
 const char* dtype_name(dtype t) {
   switch (t) {
-    case dtype::f32: return "F32";
-    case dtype::f16: return "F16";
-    case dtype::bf16: return "BF16";
-    case dtype::f64: return "F64";
-    case dtype::i64: return "I64";
-    case dtype::i32: return "I32";
-    case dtype::i16: return "I16";
-    case dtype::i8: return "I8";
-    case dtype::u8: return "U8";
-    case dtype::boolean: return "BOOL";
-    case dtype::f8_e4m3: return "F8_E4M3";
-    case dtype::f8_e5m2: return "F8_E5M2";
-    case dtype::unknown: return "unknown";
+    case dtype::f32:
+      return "F32";
+    case dtype::f16:
+      return "F16";
+    case dtype::bf16:
+      return "BF16";
+    case dtype::f64:
+      return "F64";
+    case dtype::i64:
+      return "I64";
+    case dtype::i32:
+      return "I32";
+    case dtype::i16:
+      return "I16";
+    case dtype::i8:
+      return "I8";
+    case dtype::u8:
+      return "U8";
+    case dtype::boolean:
+      return "BOOL";
+    case dtype::f8_e4m3:
+      return "F8_E4M3";
+    case dtype::f8_e5m2:
+      return "F8_E5M2";
+    case dtype::unknown:
+      return "unknown";
   }
   return "unknown";
 }
@@ -42,27 +55,33 @@ const char* dtype_name(dtype t) {
 size_t dtype_size(dtype t) {
   switch (t) {
     case dtype::f64:
-    case dtype::i64: return 8;
+    case dtype::i64:
+      return 8;
     case dtype::f32:
-    case dtype::i32: return 4;
+    case dtype::i32:
+      return 4;
     case dtype::f16:
     case dtype::bf16:
-    case dtype::i16: return 2;
+    case dtype::i16:
+      return 2;
     case dtype::i8:
     case dtype::u8:
     case dtype::boolean:
     case dtype::f8_e4m3:
-    case dtype::f8_e5m2: return 1;
-    case dtype::unknown: return 0;
+    case dtype::f8_e5m2:
+      return 1;
+    case dtype::unknown:
+      return 0;
   }
   return 0;
 }
 
 static dtype parse_dtype(const std::string& s) {
   static const std::map<std::string, dtype> names = {
-      {"F32", dtype::f32},  {"F16", dtype::f16},         {"BF16", dtype::bf16},        {"F64", dtype::f64},
-      {"I64", dtype::i64},  {"I32", dtype::i32},         {"I16", dtype::i16},          {"I8", dtype::i8},
-      {"U8", dtype::u8},    {"BOOL", dtype::boolean},    {"F8_E4M3", dtype::f8_e4m3}, {"F8_E5M2", dtype::f8_e5m2}};
+      {"F32", dtype::f32},      {"F16", dtype::f16},         {"BF16", dtype::bf16},
+      {"F64", dtype::f64},      {"I64", dtype::i64},         {"I32", dtype::i32},
+      {"I16", dtype::i16},      {"I8", dtype::i8},           {"U8", dtype::u8},
+      {"BOOL", dtype::boolean}, {"F8_E4M3", dtype::f8_e4m3}, {"F8_E5M2", dtype::f8_e5m2}};
   auto it = names.find(s);
   return it == names.end() ? dtype::unknown : it->second;
 }
@@ -107,7 +126,8 @@ mapped_file::~mapped_file() {
 
 safetensors_file::safetensors_file(const std::string& path) : file_(std::make_shared<mapped_file>(path)) {
   const size_t size = file_->size();
-  if (size < 8) throw error(path + ": truncated safetensors file (" + std::to_string(size) + " bytes, no header)");
+  if (size < 8)
+    throw error(path + ": truncated safetensors file (" + std::to_string(size) + " bytes, no header)");
   uint64_t header_len = 0;
   for (int i = 7; i >= 0; --i) header_len = (header_len << 8) | file_->data()[i];
   if (header_len > size - 8) {
@@ -184,13 +204,16 @@ checkpoint checkpoint::open(const std::string& model_dir) {
       throw error(index.string() + ": field 'weight_map' is missing");
     }
     for (auto it = j["weight_map"].begin(); it != j["weight_map"].end(); ++it) {
-      if (!it.value().is_string()) throw error(index.string() + ": weight_map entry '" + it.key() + "' is not a file name");
+      if (!it.value().is_string())
+        throw error(index.string() + ": weight_map entry '" + it.key() + "' is not a file name");
       std::string shard = it.value().get<std::string>();
       if (shard.find('/') != std::string::npos || shard == "..") {
-        throw error(index.string() + ": weight_map entry '" + it.key() + "' names a file outside the directory");
+        throw error(index.string() + ": weight_map entry '" + it.key() +
+                    "' names a file outside the directory");
       }
       weight_map[it.key()] = shard;
-      if (std::find(shard_names.begin(), shard_names.end(), shard) == shard_names.end()) shard_names.push_back(shard);
+      if (std::find(shard_names.begin(), shard_names.end(), shard) == shard_names.end())
+        shard_names.push_back(shard);
     }
   } else if (fs::exists(single)) {
     shard_names.push_back("model.safetensors");
@@ -212,7 +235,8 @@ checkpoint checkpoint::open(const std::string& model_dir) {
   }
   for (const auto& [name, shard] : weight_map) {
     if (!c.tensors_.count(name)) {
-      throw error((dir / shard).string() + ": tensor '" + name + "' is listed in the index but missing from the file");
+      throw error((dir / shard).string() + ": tensor '" + name +
+                  "' is listed in the index but missing from the file");
     }
   }
   return c;
@@ -239,7 +263,8 @@ float bf16_to_f32(uint16_t v) {
 uint16_t f32_to_bf16(float f) {
   uint32_t bits;
   std::memcpy(&bits, &f, 4);
-  if ((bits & 0x7f800000u) == 0x7f800000u && (bits & 0x007fffffu)) return static_cast<uint16_t>((bits >> 16) | 0x40);
+  if ((bits & 0x7f800000u) == 0x7f800000u && (bits & 0x007fffffu))
+    return static_cast<uint16_t>((bits >> 16) | 0x40);
   uint32_t rounding = 0x7fffu + ((bits >> 16) & 1u);
   return static_cast<uint16_t>((bits + rounding) >> 16);
 }

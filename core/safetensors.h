@@ -19,7 +19,7 @@ struct tensor_view {
   std::string name;
   std::string file;  // the shard it lives in (for error messages)
   dtype type = dtype::unknown;
-  std::string type_name;        // as written in the header
+  std::string type_name;  // as written in the header
   std::vector<int64_t> shape;
   const uint8_t* data = nullptr;  // [numel * dtype_size], inside the mapping
   size_t nbytes = 0;

@@ -25,7 +25,8 @@ __attribute__((target_clones("avx2,fma", "default"))) float dot(const float* a, 
   return s;
 }
 
-__attribute__((target_clones("avx2,fma", "default"))) void axpy(float a, const float* x, float* y, int64_t n) {
+__attribute__((target_clones("avx2,fma", "default"))) void axpy(float a, const float* x, float* y,
+                                                                int64_t n) {
   for (int64_t i = 0; i < n; ++i) y[i] += a * x[i];
 }
 
@@ -37,7 +38,8 @@ void embedding(const int32_t* ids, const float* table, float* out, int64_t rows,
   }
 }
 
-void matmul_xwt(const float* x, const float* w, const float* bias, float* y, int64_t m, int64_t n, int64_t k) {
+void matmul_xwt(const float* x, const float* w, const float* bias, float* y, int64_t m, int64_t n,
+                int64_t k) {
   // Parallel over output columns (weight rows): each weight row is streamed once per block of 4 x-rows.
   const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, k * std::max<int64_t>(1, m)));
   parallel_for(n, grain, [&](int64_t n0, int64_t n1) {
@@ -66,7 +68,8 @@ void rms_norm(const float* x, const float* w, float* y, int64_t rows, int64_t di
   });
 }
 
-void add_rms_norm(float* residual, const float* x, const float* w, float* y, int64_t rows, int64_t dim, float eps) {
+void add_rms_norm(float* residual, const float* x, const float* w, float* y, int64_t rows, int64_t dim,
+                  float eps) {
   parallel_for(rows, std::max<int64_t>(1, 4096 / dim), [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
       float* res = residual + r * dim;
@@ -150,7 +153,8 @@ void paged_attention(const paged_attention_params& p) {
       float mx = -std::numeric_limits<float>::infinity();
       for (int32_t j = 0; j < n; ++j) {
         const int32_t kp = first + j;
-        const int64_t slot = static_cast<int64_t>(table[kp / p.block_size]) * p.block_size + kp % p.block_size;
+        const int64_t slot =
+            static_cast<int64_t>(table[kp / p.block_size]) * p.block_size + kp % p.block_size;
         scores[j] = dot(q, p.k_cache + slot * kv_row + kvh * p.head_dim, p.head_dim) * p.scale;
         mx = std::max(mx, scores[j]);
       }
@@ -162,7 +166,8 @@ void paged_attention(const paged_attention_params& p) {
       std::fill(acc.begin(), acc.end(), 0.0f);
       for (int32_t j = 0; j < n; ++j) {
         const int32_t kp = first + j;
-        const int64_t slot = static_cast<int64_t>(table[kp / p.block_size]) * p.block_size + kp % p.block_size;
+        const int64_t slot =
+            static_cast<int64_t>(table[kp / p.block_size]) * p.block_size + kp % p.block_size;
         axpy(scores[j] / sum, p.v_cache + slot * kv_row + kvh * p.head_dim, acc.data(), p.head_dim);
       }
       std::memcpy(p.out + (t * p.num_heads + h) * p.head_dim, acc.data(), sizeof(float) * p.head_dim);

@@ -41,7 +41,7 @@ void silu_mul(const float* gate_up,  // [rows, 2 * inter]: gate then up
 // Rotary embedding in the "rotate half" layout HF Llama uses: pairs (i, i + head_dim/2) rotate by
 // angle positions[r] * inv_freq[i]. `x` holds num_heads heads of head_dim per row, updated in place.
 // Angles are formed in fp32 as HF does (position * inv_freq in float).
-void rope(float* x,                 // [rows, num_heads, head_dim]
+void rope(float* x,                  // [rows, num_heads, head_dim]
           const int32_t* positions,  // [rows]
           const float* inv_freq,     // [rows_or_1, head_dim / 2]; inv_freq_stride 0 = shared by all rows
           int64_t inv_freq_stride, int64_t rows, int64_t num_heads, int64_t head_dim);
@@ -56,21 +56,22 @@ void write_kv(const float* k,               // [num_tokens, num_kv_heads, head_d
               int64_t num_tokens, int64_t num_kv_heads, int64_t head_dim);
 
 struct paged_attention_params {
-  const float* q;               // [num_tokens, num_heads, head_dim]
-  const float* k_cache;         // [num_blocks, block_size, num_kv_heads, head_dim]
-  const float* v_cache;         // [num_blocks, block_size, num_kv_heads, head_dim]
-  float* out;                   // [num_tokens, num_heads, head_dim]
-  const int32_t* query_start;   // [num_seqs + 1]: sequence s owns query rows [query_start[s], query_start[s+1])
+  const float* q;        // [num_tokens, num_heads, head_dim]
+  const float* k_cache;  // [num_blocks, block_size, num_kv_heads, head_dim]
+  const float* v_cache;  // [num_blocks, block_size, num_kv_heads, head_dim]
+  float* out;            // [num_tokens, num_heads, head_dim]
+  const int32_t*
+      query_start;  // [num_seqs + 1]: sequence s owns query rows [query_start[s], query_start[s+1])
   const int32_t* context_lens;  // [num_seqs]: keys in the cache for s, this step's included
   const int32_t* block_tables;  // [num_seqs, max_blocks_per_seq]
   int32_t num_seqs = 0;
   int32_t max_blocks_per_seq = 0;
   int32_t num_heads = 0;
-  int32_t num_kv_heads = 0;     // divides num_heads (GQA/MQA)
+  int32_t num_kv_heads = 0;  // divides num_heads (GQA/MQA)
   int32_t head_dim = 0;
   int32_t block_size = 0;
-  float scale = 1.0f;           // usually 1/sqrt(head_dim)
-  int32_t sliding_window = 0;   // 0 = full causal; else a query at p sees keys in (p - window, p]
+  float scale = 1.0f;          // usually 1/sqrt(head_dim)
+  int32_t sliding_window = 0;  // 0 = full causal; else a query at p sees keys in (p - window, p]
 };
 
 // Causal attention over the paged cache. The queries of sequence s are its last q_len tokens: query i sits

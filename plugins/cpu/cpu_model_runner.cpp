@@ -41,7 +41,7 @@ void grow(std::vector<T>& v, size_t n) {
 }  // namespace
 
 std::unique_ptr<cpu_model_runner> cpu_model_runner::load(const std::string& model_dir,
-                                                        const cpu_runner_options& opt) {
+                                                         const cpu_runner_options& opt) {
   namespace fs = std::filesystem;
   if (!fs::is_directory(model_dir)) throw error(model_dir + ": not a model directory");
   std::unique_ptr<cpu_model_runner> r(new cpu_model_runner());
@@ -59,9 +59,11 @@ std::unique_ptr<cpu_model_runner> cpu_model_runner::load(const std::string& mode
     auto n = [&](const std::string& s) { return layer_tensor(i, s); };
     L.ln1 = load_f32(ckpt, n("input_layernorm.weight"));
     L.ln2 = load_f32(ckpt, n("post_attention_layernorm.weight"));
-    L.wqkv = stack(ckpt, {n("self_attn.q_proj.weight"), n("self_attn.k_proj.weight"), n("self_attn.v_proj.weight")});
+    L.wqkv = stack(
+        ckpt, {n("self_attn.q_proj.weight"), n("self_attn.k_proj.weight"), n("self_attn.v_proj.weight")});
     if (c.attention_bias) {
-      L.bqkv = stack(ckpt, {n("self_attn.q_proj.bias"), n("self_attn.k_proj.bias"), n("self_attn.v_proj.bias")});
+      L.bqkv =
+          stack(ckpt, {n("self_attn.q_proj.bias"), n("self_attn.k_proj.bias"), n("self_attn.v_proj.bias")});
       if (ckpt.find(n("self_attn.o_proj.bias"))) L.bo = load_f32(ckpt, n("self_attn.o_proj.bias"));
     }
     L.wo = load_f32(ckpt, n("self_attn.o_proj.weight"));
@@ -83,7 +85,8 @@ std::unique_ptr<cpu_model_runner> cpu_model_runner::load(const std::string& mode
   r->block_size_ = opt.block_size;
   int64_t blocks = opt.num_kv_blocks;
   if (blocks <= 0) {
-    int64_t tokens = opt.max_kv_tokens > 0 ? opt.max_kv_tokens : std::min<int64_t>(c.max_position_embeddings, 8192);
+    int64_t tokens =
+        opt.max_kv_tokens > 0 ? opt.max_kv_tokens : std::min<int64_t>(c.max_position_embeddings, 8192);
     blocks = (tokens + opt.block_size - 1) / opt.block_size;
   }
   r->num_blocks_ = static_cast<int32_t>(blocks);
@@ -100,9 +103,12 @@ void cpu_model_runner::copy_blocks(const int32_t* src, const int32_t* dst, int32
   const size_t block = static_cast<size_t>(block_size_) * cfg_.kv_size();
   for (auto& L : layers_) {
     for (int32_t i = 0; i < n; ++i) {
-      TROUPE_CHECK(src[i] >= 0 && src[i] < num_blocks_ && dst[i] >= 0 && dst[i] < num_blocks_) << src[i] << dst[i];
-      std::memcpy(L.k_cache.data() + dst[i] * block, L.k_cache.data() + src[i] * block, block * sizeof(float));
-      std::memcpy(L.v_cache.data() + dst[i] * block, L.v_cache.data() + src[i] * block, block * sizeof(float));
+      TROUPE_CHECK(src[i] >= 0 && src[i] < num_blocks_ && dst[i] >= 0 && dst[i] < num_blocks_)
+          << src[i] << dst[i];
+      std::memcpy(L.k_cache.data() + dst[i] * block, L.k_cache.data() + src[i] * block,
+                  block * sizeof(float));
+      std::memcpy(L.v_cache.data() + dst[i] * block, L.v_cache.data() + src[i] * block,
+                  block * sizeof(float));
     }
   }
 }
@@ -164,7 +170,8 @@ void cpu_model_runner::forward(const forward_batch& b, float* logits) {
       k::add_rms_norm(residual_.data(), x_.data(), L.ln1.data(), h_.data(), T, H, eps);
     }
     const int64_t qkv_w = qs + 2 * kvs;
-    k::matmul_xwt(h_.data(), L.wqkv.data(), L.bqkv.empty() ? nullptr : L.bqkv.data(), qkv_.data(), T, qkv_w, H);
+    k::matmul_xwt(h_.data(), L.wqkv.data(), L.bqkv.empty() ? nullptr : L.bqkv.data(), qkv_.data(), T, qkv_w,
+                  H);
     for (int64_t t = 0; t < T; ++t) {
       const float* row = qkv_.data() + t * qkv_w;
       std::memcpy(q_.data() + t * qs, row, qs * sizeof(float));
@@ -199,9 +206,11 @@ void cpu_model_runner::forward(const forward_batch& b, float* logits) {
 
     k::matmul_xwt(attn_.data(), L.wo.data(), L.bo.empty() ? nullptr : L.bo.data(), o_.data(), T, H, qs);
     k::add_rms_norm(residual_.data(), o_.data(), L.ln2.data(), h_.data(), T, H, eps);
-    k::matmul_xwt(h_.data(), L.wgu.data(), L.bgu.empty() ? nullptr : L.bgu.data(), gu_.data(), T, 2 * inter, H);
+    k::matmul_xwt(h_.data(), L.wgu.data(), L.bgu.empty() ? nullptr : L.bgu.data(), gu_.data(), T, 2 * inter,
+                  H);
     k::silu_mul(gu_.data(), act_.data(), T, inter);
-    k::matmul_xwt(act_.data(), L.wdown.data(), L.bdown.empty() ? nullptr : L.bdown.data(), x_.data(), T, H, inter);
+    k::matmul_xwt(act_.data(), L.wdown.data(), L.bdown.empty() ? nullptr : L.bdown.data(), x_.data(), T, H,
+                  inter);
   }
 
   // Only the rows that need logits go through the final norm and the LM head.

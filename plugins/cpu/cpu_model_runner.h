@@ -30,12 +30,12 @@ class cpu_model_runner final : public model_runner {
 
  private:
   struct layer {
-    std::vector<float> ln1, ln2;        // [hidden]
-    std::vector<float> wqkv, bqkv;      // [q + 2 kv, hidden], [q + 2 kv] (bias empty when none)
-    std::vector<float> wo, bo;          // [hidden, q], [hidden]
-    std::vector<float> q_norm, k_norm;  // [head_dim] (Qwen3)
-    std::vector<float> wgu, bgu;        // [2 * inter, hidden]: gate rows then up rows
-    std::vector<float> wdown, bdown;    // [hidden, inter]
+    std::vector<float> ln1, ln2;          // [hidden]
+    std::vector<float> wqkv, bqkv;        // [q + 2 kv, hidden], [q + 2 kv] (bias empty when none)
+    std::vector<float> wo, bo;            // [hidden, q], [hidden]
+    std::vector<float> q_norm, k_norm;    // [head_dim] (Qwen3)
+    std::vector<float> wgu, bgu;          // [2 * inter, hidden]: gate rows then up rows
+    std::vector<float> wdown, bdown;      // [hidden, inter]
     std::vector<float> k_cache, v_cache;  // [num_blocks, block_size, num_kv_heads, head_dim]
   };
 

@@ -1,11 +1,10 @@
-#include "core/model_config.h"
-
 #include <gtest/gtest.h>
 
 #include <cmath>
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
+#include "core/model_config.h"
 
 namespace troupe {
 namespace {
@@ -101,12 +100,9 @@ TEST(ModelConfig, OldAndNewRopeKeysAgree) {
                                {"original_max_position_embeddings", 64}};
   json new_style = llama();
   new_style.erase("rope_theta");
-  new_style["rope_parameters"] = {{"rope_type", "llama3"},
-                                  {"rope_theta", 500000.0},
-                                  {"factor", 8.0},
-                                  {"low_freq_factor", 1.0},
-                                  {"high_freq_factor", 4.0},
-                                  {"original_max_position_embeddings", 64}};
+  new_style["rope_parameters"] = {{"rope_type", "llama3"},   {"rope_theta", 500000.0},
+                                  {"factor", 8.0},           {"low_freq_factor", 1.0},
+                                  {"high_freq_factor", 4.0}, {"original_max_position_embeddings", 64}};
   model_config a = model_config::from_json(old_style, "a"), b = model_config::from_json(new_style, "b");
   EXPECT_EQ(a.rope.type, rope_type::llama3);
   EXPECT_EQ(b.rope.type, rope_type::llama3);

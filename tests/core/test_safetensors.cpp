@@ -1,5 +1,3 @@
-#include "core/safetensors.h"
-
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -7,6 +5,7 @@
 #include "core/error.h"
 #include "core/model_config.h"
 #include "core/model_layout.h"
+#include "core/safetensors.h"
 #include "tests/common/temp_dir.h"
 
 namespace troupe {

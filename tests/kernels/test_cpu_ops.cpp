@@ -113,8 +113,8 @@ TEST(CpuOps, LogSoftmax) {
 }
 
 // Dense causal attention for one sequence with contiguous keys: out[t] attends keys 0..ctx-q_len+t.
-void dense_attention(const float* q, const float* k, const float* v, float* out, int q_len, int ctx, int nh, int nkv,
-                     int hd, float scale, int window) {
+void dense_attention(const float* q, const float* k, const float* v, float* out, int q_len, int ctx, int nh,
+                     int nkv, int hd, float scale, int window) {
   for (int t = 0; t < q_len; ++t) {
     const int pos = ctx - q_len + t;
     for (int h = 0; h < nh; ++h) {
@@ -124,7 +124,8 @@ void dense_attention(const float* q, const float* k, const float* v, float* out,
       double mx = -1e300;
       for (int j = first; j <= pos; ++j) {
         double d = 0;
-        for (int i = 0; i < hd; ++i) d += static_cast<double>(q[(t * nh + h) * hd + i]) * k[(j * nkv + kh) * hd + i];
+        for (int i = 0; i < hd; ++i)
+          d += static_cast<double>(q[(t * nh + h) * hd + i]) * k[(j * nkv + kh) * hd + i];
         s.push_back(d * scale);
         mx = std::max(mx, s.back());
       }
@@ -148,10 +149,10 @@ struct attn_case {
 TEST(CpuOps, PagedAttentionEqualsDenseAttention) {
   auto rng = fresh_rng();
   const std::vector<attn_case> cases = {
-      {4, 4, 16, 16, {{5, 5}}, 0},                             // MHA prefill
-      {8, 2, 32, 16, {{1, 40}, {7, 7}, {3, 35}, {1, 1}}, 0},    // GQA: decode + prefill + chunk after prefix
-      {4, 1, 64, 8, {{17, 50}, {1, 64}}, 0},                    // MQA, small blocks
-      {4, 2, 16, 16, {{9, 30}, {1, 45}}, 6},                    // sliding window
+      {4, 4, 16, 16, {{5, 5}}, 0},                            // MHA prefill
+      {8, 2, 32, 16, {{1, 40}, {7, 7}, {3, 35}, {1, 1}}, 0},  // GQA: decode + prefill + chunk after prefix
+      {4, 1, 64, 8, {{17, 50}, {1, 64}}, 0},                  // MQA, small blocks
+      {4, 2, 16, 16, {{9, 30}, {1, 45}}, 6},                  // sliding window
   };
   for (const auto& c : cases) {
     const int ns = static_cast<int>(c.seqs.size());
@@ -180,7 +181,8 @@ TEST(CpuOps, PagedAttentionEqualsDenseAttention) {
       for (int b = 0; b < nb; ++b) tables[s * max_blocks + b] = ids[next++];
       ++next;  // leave a hole
       for (int p = 0; p < ctx; ++p) {
-        const int64_t slot = static_cast<int64_t>(tables[s * max_blocks + p / c.block_size]) * c.block_size + p % c.block_size;
+        const int64_t slot =
+            static_cast<int64_t>(tables[s * max_blocks + p / c.block_size]) * c.block_size + p % c.block_size;
         dense_k[s].insert(dense_k[s].end(), k_cache.begin() + slot * row, k_cache.begin() + (slot + 1) * row);
         dense_v[s].insert(dense_v[s].end(), v_cache.begin() + slot * row, v_cache.begin() + (slot + 1) * row);
       }
@@ -207,8 +209,8 @@ TEST(CpuOps, PagedAttentionEqualsDenseAttention) {
     for (int s = 0; s < ns; ++s) {
       auto [ql, ctx] = c.seqs[s];
       std::vector<float> ref(static_cast<size_t>(ql) * c.nh * c.hd);
-      dense_attention(q.data() + static_cast<size_t>(qs[s]) * c.nh * c.hd, dense_k[s].data(), dense_v[s].data(), ref.data(),
-                      ql, ctx, c.nh, c.nkv, c.hd, p.scale, c.window);
+      dense_attention(q.data() + static_cast<size_t>(qs[s]) * c.nh * c.hd, dense_k[s].data(),
+                      dense_v[s].data(), ref.data(), ql, ctx, c.nh, c.nkv, c.hd, p.scale, c.window);
       for (size_t i = 0; i < ref.size(); ++i) {
         ASSERT_NEAR(out[static_cast<size_t>(qs[s]) * c.nh * c.hd + i], ref[i], 1e-4)
             << "seq " << s << " elem " << i << " nh " << c.nh << " nkv " << c.nkv;

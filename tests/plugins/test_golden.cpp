@@ -80,7 +80,8 @@ TEST_P(Golden, TeacherForcedLogprobs) {
         if (i + 1 < wt.size() &&
             wt[i]["logprob"].get<double>() - wt[i + 1]["logprob"].get<double>() > kTieGap &&
             (i == 0 || wt[i - 1]["logprob"].get<double>() - wt[i]["logprob"].get<double>() > kTieGap)) {
-          EXPECT_EQ(out.top[t][i].id, wt[i]["id"].get<int32_t>()) << GetParam() << " position " << t << " rank " << i;
+          EXPECT_EQ(out.top[t][i].id, wt[i]["id"].get<int32_t>())
+              << GetParam() << " position " << t << " rank " << i;
         }
       }
     }
@@ -97,7 +98,8 @@ void check_greedy(const json& c, const generate_output& out, const std::string& 
       EXPECT_LT(c["greedy_gaps"][i].get<double>(), kTieGap) << what << " step " << i;
       return;
     }
-    EXPECT_NEAR(out.token_logprobs[i], c["greedy_logprobs"][i].get<double>(), kLogprobTol) << what << " step " << i;
+    EXPECT_NEAR(out.token_logprobs[i], c["greedy_logprobs"][i].get<double>(), kLogprobTol)
+        << what << " step " << i;
   }
 }
 

@@ -1,10 +1,9 @@
 // The offline engine's request semantics on a real (golden) checkpoint: seeds, stop ids and strings,
 // max tokens, logprobs, validation, and that nothing leaks.
-#include "core/offline_engine.h"
-
 #include <gtest/gtest.h>
 
 #include "core/error.h"
+#include "core/offline_engine.h"
 #include "core/tokenizer.h"
 #include "plugins/cpu/cpu_model_runner.h"
 
@@ -102,7 +101,8 @@ TEST_F(Engine, LogprobsAreSortedAndIncludeTheSampledToken) {
     ASSERT_GE(top.size(), 4u);
     ASSERT_LE(top.size(), 5u);
     for (size_t j = 1; j < 4; ++j) EXPECT_GE(top[j - 1].logprob, top[j].logprob);
-    auto it = std::find_if(top.begin(), top.end(), [&](const token_logprob& t) { return t.id == out.ids[i]; });
+    auto it =
+        std::find_if(top.begin(), top.end(), [&](const token_logprob& t) { return t.id == out.ids[i]; });
     ASSERT_NE(it, top.end());
     EXPECT_FLOAT_EQ(it->logprob, out.token_logprobs[i]);
     EXPECT_LE(out.token_logprobs[i], 0.0f);
