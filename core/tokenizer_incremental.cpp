@@ -41,6 +41,12 @@ void incremental_detokenizer::set_prompt(const std::vector<int32_t>& prompt_ids)
     if (decode_range(prefix_offset_, read_offset_).compare(0, 3, k_replacement) != 0) break;
     --prefix_offset_;
   }
+  // A prompt that ends inside a character: its trailing bytes count as unread, so the output that
+  // completes the character emits it whole.
+  for (int tries = 0; tries < 4 && read_offset_ > prefix_offset_; ++tries) {
+    if (!ends_with_replacement(decode_range(prefix_offset_, read_offset_))) break;
+    --read_offset_;
+  }
 }
 
 std::string incremental_detokenizer::push(int32_t id) {
