@@ -1,0 +1,212 @@
+// `troupe bench kernels [--json] [--iters N]`: the attention kernels of both plugins on the shapes,
+// with the two ceilings (device copy bandwidth, cuBLASLt bf16 GEMM) measured in the same process so each
+// figure can be read against them. Inputs are random (never zeros); times are medians of event-timed runs.
+#include <cuda_runtime_api.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <functional>
+#include <iostream>
+#include <numeric>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "cli/args.h"
+#include "cli/bench.h"
+#include "kernels/cuda/attention.h"
+#include "kernels/cuda/check.h"
+#include "kernels/cuda/ops.h"
+
+namespace troupe::cli {
+namespace {
+
+namespace kc = troupe::kernels::cuda;
+
+template <typename T>
+T* device_alloc(size_t n) {
+  void* p = nullptr;
+  TROUPE_CUDA_CHECK(cudaMalloc(&p, std::max<size_t>(1, n) * sizeof(T)));
+  return static_cast<T*>(p);
+}
+
+// Median milliseconds of `iters` event-timed calls after `warmup` untimed ones.
+double median_ms(const std::function<void()>& fn, int warmup, int iters) {
+  for (int i = 0; i < warmup; ++i) fn();
+  cudaEvent_t start, stop;
+  TROUPE_CUDA_CHECK(cudaEventCreate(&start));
+  TROUPE_CUDA_CHECK(cudaEventCreate(&stop));
+  std::vector<float> ms(iters);
+  for (int i = 0; i < iters; ++i) {
+    TROUPE_CUDA_CHECK(cudaEventRecord(start));
+    fn();
+    TROUPE_CUDA_CHECK(cudaEventRecord(stop));
+    TROUPE_CUDA_CHECK(cudaEventSynchronize(stop));
+    TROUPE_CUDA_CHECK(cudaEventElapsedTime(&ms[i], start, stop));
+  }
+  TROUPE_CUDA_CHECK(cudaEventDestroy(start));
+  TROUPE_CUDA_CHECK(cudaEventDestroy(stop));
+  std::sort(ms.begin(), ms.end());
+  return ms[iters / 2];
+}
+
+// A batch of equal sequences over a paged cache whose blocks are handed out in shuffled order, as a
+// long-running server's would be.
+struct attention_setup {
+  kc::attention_params p{};
+  std::vector<void*> owned;
+
+  attention_setup(int batch, int q_len, int ctx, int heads, int kv_heads, int head_dim, uint64_t seed) {
+    const int block_size = 16, blocks_per_seq = (ctx + block_size - 1) / block_size;
+    const int num_blocks = batch * blocks_per_seq;
+    std::vector<int32_t> pool(num_blocks), qs(batch + 1), lens(batch, ctx);
+    std::iota(pool.begin(), pool.end(), 0);
+    std::shuffle(pool.begin(), pool.end(), std::mt19937(static_cast<uint32_t>(seed)));
+    for (int s = 0; s <= batch; ++s) qs[s] = s * q_len;
+    const size_t cache = static_cast<size_t>(num_blocks) * block_size * kv_heads * head_dim;
+    const size_t q_elems = static_cast<size_t>(batch) * q_len * heads * head_dim;
+    auto* q = device_alloc<kc::bf16>(q_elems);
+    auto* k = device_alloc<kc::bf16>(cache);
+    auto* v = device_alloc<kc::bf16>(cache);
+    auto* out = device_alloc<kc::bf16>(q_elems);
+    kc::fill_random_normal(q, static_cast<int64_t>(q_elems), seed + 1, 0.0f, 1.0f, nullptr);
+    kc::fill_random_normal(k, static_cast<int64_t>(cache), seed + 2, 0.0f, 1.0f, nullptr);
+    kc::fill_random_normal(v, static_cast<int64_t>(cache), seed + 3, 0.0f, 1.0f, nullptr);
+    auto* d_qs = device_alloc<int32_t>(qs.size());
+    auto* d_lens = device_alloc<int32_t>(lens.size());
+    auto* d_tables = device_alloc<int32_t>(pool.size());
+    TROUPE_CUDA_CHECK(cudaMemcpy(d_qs, qs.data(), qs.size() * 4, cudaMemcpyHostToDevice));
+    TROUPE_CUDA_CHECK(cudaMemcpy(d_lens, lens.data(), lens.size() * 4, cudaMemcpyHostToDevice));
+    TROUPE_CUDA_CHECK(cudaMemcpy(d_tables, pool.data(), pool.size() * 4, cudaMemcpyHostToDevice));
+    const size_t ws = kc::attention_workspace_floats(batch * q_len, heads, head_dim, ctx);
+    auto* d_ws = device_alloc<float>(ws);
+    owned = {q, k, v, out, d_qs, d_lens, d_tables, d_ws};
+    p.q = q;
+    p.k_cache = k;
+    p.v_cache = v;
+    p.out = out;
+    p.query_start = d_qs;
+    p.context_lens = d_lens;
+    p.block_tables = d_tables;
+    p.workspace = d_ws;
+    p.workspace_floats = ws;
+    p.num_seqs = batch;
+    p.num_tokens = batch * q_len;
+    p.max_q_len = q_len;
+    p.max_context_len = ctx;
+    p.max_blocks_per_seq = blocks_per_seq;
+    p.num_heads = heads;
+    p.num_kv_heads = kv_heads;
+    p.head_dim = head_dim;
+    p.block_size = block_size;
+    p.scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
+  }
+  ~attention_setup() {
+    for (void* ptr : owned) cudaFree(ptr);
+  }
+};
+
+struct figure {
+  std::string name, unit;
+  double value, ms, ceiling;  // ceiling 0 = none
+};
+
+int run(const std::vector<std::string>& args) {
+  arg_parser ap("bench kernels", {"iters"}, {"json"});
+  ap.parse(args);
+  const int iters = static_cast<int>(ap.get_int("iters").value_or(20));
+  const bool json = ap.has("json");
+  int dev = 0;
+  cudaDeviceProp prop{};
+  TROUPE_CUDA_CHECK(cudaGetDevice(&dev));
+  TROUPE_CUDA_CHECK(cudaGetDeviceProperties(&prop, dev));
+  std::vector<figure> figs;
+
+  {  // Ceiling 1: device-to-device copy, bytes read + written.
+    const size_t bytes = size_t{2} << 30;
+    auto* a = device_alloc<char>(bytes);
+    auto* b = device_alloc<char>(bytes);
+    TROUPE_CUDA_CHECK(cudaMemset(a, 1, bytes));
+    const double ms = median_ms([&] { TROUPE_CUDA_CHECK(cudaMemcpyAsync(b, a, bytes, cudaMemcpyDeviceToDevice)); }, 3,
+                                iters);
+    figs.push_back({"copy_bandwidth", "TB/s", 2.0 * bytes / (ms * 1e-3) / 1e12, ms, 0});
+    cudaFree(a);
+    cudaFree(b);
+  }
+  const double copy_tbs = figs.back().value;
+  {  // Ceiling 2: cuBLASLt bf16 GEMM 8192^3.
+    const int64_t n = 8192;
+    auto* x = device_alloc<kc::bf16>(n * n);
+    auto* w = device_alloc<kc::bf16>(n * n);
+    auto* y = device_alloc<kc::bf16>(n * n);
+    kc::fill_random_normal(x, n * n, 1, 0.0f, 1.0f, nullptr);
+    kc::fill_random_normal(w, n * n, 2, 0.0f, 1.0f, nullptr);
+    kc::gemm_context gemm;
+    const double ms = median_ms([&] { gemm.matmul_xwt(x, w, y, n, n, n, nullptr); }, 3, iters);
+    figs.push_back({"gemm_bf16_8192", "TFLOP/s", 2.0 * n * n * n / (ms * 1e-3) / 1e12, ms, 0});
+    cudaFree(x);
+    cudaFree(w);
+    cudaFree(y);
+  }
+  {  // Prefill: causal, B4 H32 S4096 D128 (MHA, as the SDPA peer); causal FLOPs = half of 4 * S^2 * D per head.
+    attention_setup s(4, 4096, 4096, 32, 32, 128, 10);
+    const double flops = 4.0 * 4 * 32 * 4096.0 * 4096.0 * 128 / 2;
+    for (int warps : {4, 8}) {
+      const double ms = median_ms([&] { kc::flash_attention_prefill(s.p, nullptr, warps); }, 3, iters);
+      figs.push_back({"flash_prefill_causal_b4_h32_s4096_d128_w" + std::to_string(warps), "TFLOP/s",
+                      flops / (ms * 1e-3) / 1e12, ms, 0});
+    }
+  }
+  {  // Decode: batch 64, 4096-token contexts, 32 q / 8 kv heads, D128. Bytes: every K and V row once.
+    attention_setup s(64, 1, 4096, 32, 8, 128, 20);
+    const double bytes = 2.0 * 64 * 4096 * 8 * 128 * 2;
+    auto add = [&](const std::string& name, const std::function<void()>& fn) {
+      const double ms = median_ms(fn, 3, iters);
+      figs.push_back({name, "TB/s", bytes / (ms * 1e-3) / 1e12, ms, copy_tbs});
+    };
+    add("paged_decode_b64_ctx4096_h32_kv8_d128", [&] { kc::paged_attention_decode(s.p, nullptr); });
+    add("flash_decode_b64_ctx4096_h32_kv8_d128", [&] { kc::flash_attention_decode(s.p, nullptr); });
+    for (int splits : {1, 4, 8}) {
+      add("flash_decode_b64_ctx4096_h32_kv8_d128_splits" + std::to_string(splits),
+          [&] { kc::flash_attention_decode(s.p, nullptr, splits); });
+    }
+  }
+  {  // Decode at batch 1 with a long context: the split-K path's reason to exist.
+    attention_setup s(1, 1, 32768, 32, 8, 128, 30);
+    const double bytes = 2.0 * 32768 * 8 * 128 * 2;
+    for (int which = 0; which < 2; ++which) {
+      const double ms = median_ms(
+          [&] { which == 0 ? kc::paged_attention_decode(s.p, nullptr) : kc::flash_attention_decode(s.p, nullptr); },
+          3, iters);
+      figs.push_back({std::string(which == 0 ? "paged" : "flash") + "_decode_b1_ctx32768_h32_kv8_d128", "TB/s",
+                      bytes / (ms * 1e-3) / 1e12, ms, copy_tbs});
+    }
+  }
+  TROUPE_CUDA_CHECK(cudaDeviceSynchronize());
+
+  if (json) {
+    std::printf("{\"device\": \"%s\", \"iters\": %d, \"figures\": [\n", prop.name, iters);
+    for (size_t i = 0; i < figs.size(); ++i) {
+      const auto& f = figs[i];
+      std::printf("  {\"name\": \"%s\", \"value\": %.4g, \"unit\": \"%s\", \"median_ms\": %.5g", f.name.c_str(), f.value,
+                  f.unit.c_str(), f.ms);
+      if (f.ceiling > 0) std::printf(", \"fraction_of_copy_bandwidth\": %.3f", f.value / f.ceiling);
+      std::printf("}%s\n", i + 1 < figs.size() ? "," : "");
+    }
+    std::printf("]}\n");
+  } else {
+    std::printf("%s\n", prop.name);
+    for (const auto& f : figs) {
+      std::printf("%-58s %9.2f %-8s %9.4f ms", f.name.c_str(), f.value, f.unit.c_str(), f.ms);
+      if (f.ceiling > 0) std::printf("  (%.0f%% of copy)", 100.0 * f.value / f.ceiling);
+      std::printf("\n");
+    }
+  }
+  return 0;
+}
+
+bench_registrar reg("kernels", "attention kernels (flash, paged) and the copy/GEMM ceilings on one GPU", run);
+
+}  // namespace
+}  // namespace troupe::cli

@@ -1,0 +1,61 @@
+// Attention over the paged bf16 KV cache: the same function as kernels/cpu paged_attention (causal, GQA/MQA,
+// variable-length batches, queries after a cached prefix, optional sliding window), in two families:
+//   flash_*  tensor-core (mma.sync m16n8k16) tiles with online softmax; query rows pack (token, head of the
+//            kv group) so one K/V tile in shared memory serves every head of its group; decode splits the
+//            keys over blocks (flash-decoding) and merges the parts with flash_merge_splits.
+//   paged_*  PagedAttention-style decode on CUDA cores: one block per (sequence, kv head, partition of
+//            kPagedPartition keys); one pass when the context fits one partition, else parts + merge.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_runtime_api.h>
+
+#include <cstddef>
+#include <cstdint>
+
+namespace troupe::kernels::cuda {
+
+struct attention_params {
+  const __nv_bfloat16* q;        // [num_tokens, num_heads, head_dim]
+  const __nv_bfloat16* k_cache;  // [num_blocks, block_size, num_kv_heads, head_dim]
+  const __nv_bfloat16* v_cache;  // [num_blocks, block_size, num_kv_heads, head_dim]
+  __nv_bfloat16* out;            // [num_tokens, num_heads, head_dim]
+  const int32_t* query_start;    // [num_seqs + 1]: sequence s owns query rows [query_start[s], query_start[s+1])
+  const int32_t* context_lens;   // [num_seqs]: keys in the cache for s, this step's included
+  const int32_t* block_tables;   // [num_seqs, max_blocks_per_seq]
+  float* workspace;              // [workspace_floats]: split-K partial outputs and log-sum-exps (may be null)
+  size_t workspace_floats = 0;
+  int32_t num_seqs = 0;
+  int32_t num_tokens = 0;        // query_start[num_seqs], known on the host
+  int32_t max_q_len = 0;         // host-side upper bounds used to size the grid
+  int32_t max_context_len = 0;
+  int32_t max_blocks_per_seq = 0;
+  int32_t num_heads = 0;
+  int32_t num_kv_heads = 0;      // divides num_heads
+  int32_t head_dim = 0;          // 64, 128 or 256
+  int32_t block_size = 0;
+  float scale = 1.0f;
+  int32_t sliding_window = 0;    // 0 = full causal; else a query at p sees keys in (p - window, p]
+};
+
+constexpr int kPagedPartition = 512;  // keys per block of paged_attention_decode
+constexpr int kFlashMaxSplits = 64;
+
+// Floats of workspace the split-K paths may use for these shapes (the launchers never exceed what the
+// params give them; with less they split less).
+size_t attention_workspace_floats(int32_t num_tokens, int32_t num_heads, int32_t head_dim, int32_t max_context_len);
+
+// Prefill/mixed batches: tiles of 128 packed query rows, no split. warps_per_block picks the tiling: 4 warps
+// of 2 m tiles each (fewer shared-memory reads per MMA), 8 warps of 1 (fewer registers); 0 = the default.
+void flash_attention_prefill(const attention_params& p, cudaStream_t stream, int warps_per_block = 0);
+// Short query runs (decode; any q_len works): 16-row tiles, keys split over blocks to fill the GPU.
+// num_splits 0 = choose from the shapes.
+void flash_attention_decode(const attention_params& p, cudaStream_t stream, int num_splits = 0);
+// Picks one of the two by max_q_len.
+void flash_attention(const attention_params& p, cudaStream_t stream);
+
+// Decode only: every sequence has exactly one query row (max_q_len == 1). num_kv_heads groups of 1, 2, 4
+// or 8 query heads.
+void paged_attention_decode(const attention_params& p, cudaStream_t stream);
+
+}  // namespace troupe::kernels::cuda

@@ -1,0 +1,69 @@
+// Pieces shared by the attention kernels: PTX wrappers and the split-K merge.
+#pragma once
+
+#include <cuda_bf16.h>
+
+#include <cstdint>
+
+#include "kernels/cuda/attention.h"
+
+namespace troupe::kernels::cuda::detail {
+
+// 16-byte global -> shared copy that bypasses L1; with valid == false it writes zeros (src-size 0).
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool valid) {
+  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  const int src_bytes = valid ? 16 : 0;
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(src_bytes));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int kPending>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending));
+}
+
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* smem) {
+  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(s));
+}
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* smem) {
+  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(s));
+}
+
+// d += a * b, bf16 operands, fp32 accumulators (m16n8k16).
+__device__ __forceinline__ void mma_bf16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
+  const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<const uint32_t*>(&v);
+}
+
+// Split-K workspace layout: part_o [num_splits, num_tokens * num_heads, head_dim] (normalized by its own
+// sum), then part_lse [num_splits, num_tokens * num_heads] (log2 of the sum of exp2 of scaled scores; -inf
+// for a split that saw no key).
+struct split_views {
+  float* part_o;    // [num_splits, rows, head_dim]
+  float* part_lse;  // [num_splits, rows]
+};
+__host__ __device__ inline split_views split_layout(float* workspace, int64_t rows, int64_t head_dim, int num_splits) {
+  return split_views{workspace, workspace + static_cast<int64_t>(num_splits) * rows * head_dim};
+}
+inline int64_t split_floats(int64_t rows, int64_t head_dim, int num_splits) {
+  return static_cast<int64_t>(num_splits) * rows * (head_dim + 1);
+}
+
+// out[row] = sum_s 2^(lse_s - max) * part_o[s, row] / sum_s 2^(lse_s - max)
+void merge_splits(split_views parts, __nv_bfloat16* out, int64_t rows, int head_dim, int num_splits,
+                  cudaStream_t stream);
+
+}  // namespace troupe::kernels::cuda::detail

@@ -1,0 +1,267 @@
+// Memory-bound ops: each reads its inputs once with 16-byte accesses and does its math in fp32.
+#include <cuda_bf16.h>
+
+#include <algorithm>
+#include <cmath>
+
+#include "kernels/cuda/check.h"
+#include "kernels/cuda/ops.h"
+
+namespace troupe::kernels::cuda {
+
+namespace {
+
+// 8 bf16 = one 16-byte access.
+struct alignas(16) bf16x8 {
+  __nv_bfloat162 h[4];
+};
+
+__device__ __forceinline__ void to_float8(const bf16x8& v, float (&f)[8]) {
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const float2 t = __bfloat1622float2(v.h[i]);
+    f[2 * i] = t.x;
+    f[2 * i + 1] = t.y;
+  }
+}
+
+__device__ __forceinline__ bf16x8 from_float8(const float (&f)[8]) {
+  bf16x8 v;
+#pragma unroll
+  for (int i = 0; i < 4; ++i) v.h[i] = __floats2bfloat162_rn(f[2 * i], f[2 * i + 1]);
+  return v;
+}
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+// Sum over a block of up to 1024 threads; every thread gets the result.
+__device__ float block_sum(float v) {
+  __shared__ float partial[32];
+  v = warp_sum(v);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  if (lane == 0) partial[warp] = v;
+  __syncthreads();
+  const int num_warps = (blockDim.x + 31) / 32;
+  float t = lane < num_warps ? partial[lane] : 0.0f;
+  t = warp_sum(t);
+  __syncthreads();  // partial[] may be reused by the caller's next block_sum
+  return t;
+}
+
+__global__ void embedding_kernel(const int32_t* ids, const bf16x8* table, bf16x8* out, int64_t vecs_per_row) {
+  const int64_t r = blockIdx.x;
+  const bf16x8* src = table + static_cast<int64_t>(ids[r]) * vecs_per_row;
+  for (int64_t i = threadIdx.x; i < vecs_per_row; i += blockDim.x) out[r * vecs_per_row + i] = src[i];
+}
+
+__global__ void add_rms_norm_kernel(bf16x8* residual, const bf16x8* x, const bf16x8* w, bf16x8* y,
+                                    int64_t vecs_per_row, int64_t dim, float eps) {
+  const int64_t r = blockIdx.x;
+  bf16x8* res = residual + r * vecs_per_row;
+  float ss = 0.0f;
+  for (int64_t i = threadIdx.x; i < vecs_per_row; i += blockDim.x) {
+    float a[8];
+    to_float8(res[i], a);
+    if (x != nullptr) {
+      float b[8];
+      to_float8(x[r * vecs_per_row + i], b);
+#pragma unroll
+      for (int j = 0; j < 8; ++j) a[j] += b[j];
+      const bf16x8 sum = from_float8(a);
+      res[i] = sum;
+      to_float8(sum, a);  // the norm sees the stored (bf16-rounded) residual, as the next layer will
+    }
+#pragma unroll
+    for (int j = 0; j < 8; ++j) ss += a[j] * a[j];
+  }
+  const float inv = rsqrtf(block_sum(ss) / static_cast<float>(dim) + eps);
+  for (int64_t i = threadIdx.x; i < vecs_per_row; i += blockDim.x) {
+    float a[8], g[8];
+    to_float8(res[i], a);
+    to_float8(w[i], g);
+#pragma unroll
+    for (int j = 0; j < 8; ++j) a[j] = g[j] * (a[j] * inv);
+    y[r * vecs_per_row + i] = from_float8(a);
+  }
+}
+
+// One warp per (row, head); kHeadDim / 32 elements per lane.
+template <int kHeadDim>
+__global__ void head_rms_norm_kernel(bf16* x, const bf16* w, int64_t rows, int64_t row_stride,
+                                     int64_t num_heads, float eps) {
+  constexpr int kPerLane = kHeadDim / 32;
+  const int64_t item = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
+  const int lane = threadIdx.x % 32;
+  if (item >= rows * num_heads) return;
+  bf16* v = x + (item / num_heads) * row_stride + (item % num_heads) * kHeadDim + lane * kPerLane;
+  float f[kPerLane];
+  float ss = 0.0f;
+#pragma unroll
+  for (int j = 0; j < kPerLane; ++j) {
+    f[j] = __bfloat162float(v[j]);
+    ss += f[j] * f[j];
+  }
+  const float inv = rsqrtf(warp_sum(ss) / kHeadDim + eps);
+#pragma unroll
+  for (int j = 0; j < kPerLane; ++j) v[j] = __float2bfloat16(__bfloat162float(w[lane * kPerLane + j]) * (f[j] * inv));
+}
+
+__global__ void silu_mul_kernel(const bf16x8* gate_up, bf16x8* out, int64_t rows, int64_t vecs_per_row) {
+  const int64_t total = rows * vecs_per_row;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t r = i / vecs_per_row, c = i % vecs_per_row;
+    float g[8], u[8];
+    to_float8(gate_up[r * 2 * vecs_per_row + c], g);
+    to_float8(gate_up[r * 2 * vecs_per_row + vecs_per_row + c], u);
+#pragma unroll
+    for (int j = 0; j < 8; ++j) g[j] = g[j] / (1.0f + expf(-g[j])) * u[j];
+    out[i] = from_float8(g);
+  }
+}
+
+// One warp per (row, head) over the q, k and v heads of the merged qkv row. Lane l owns the rotation pairs
+// (i, i + half) for i in [l * kPairs, (l + 1) * kPairs), so each lane holds both halves it rotates.
+template <int kHeadDim>
+__global__ void rope_write_kv_kernel(rope_write_kv_params p) {
+  constexpr int kHalf = kHeadDim / 2;
+  constexpr int kPairs = kHalf / 32;
+  const int total_heads = p.num_heads + 2 * p.num_kv_heads;
+  const int64_t item = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
+  const int lane = threadIdx.x % 32;
+  if (item >= p.rows * total_heads) return;
+  const int64_t r = item / total_heads;
+  const int h = static_cast<int>(item % total_heads);
+  bf16* v = p.qkv + r * total_heads * kHeadDim + static_cast<int64_t>(h) * kHeadDim;
+  const int32_t slot = p.slot_mapping != nullptr ? p.slot_mapping[r] : -1;
+  const bool is_v = h >= p.num_heads + p.num_kv_heads;
+  const int kv_head = is_v ? h - p.num_heads - p.num_kv_heads : h - p.num_heads;
+  const int64_t cache_off = (static_cast<int64_t>(slot) * p.num_kv_heads + kv_head) * kHeadDim;
+  const int i0 = lane * kPairs;
+  if (is_v) {  // v: copied to the cache unchanged
+    if (slot < 0) return;
+#pragma unroll
+    for (int j = 0; j < kPairs; ++j) {
+      p.v_cache[cache_off + i0 + j] = v[i0 + j];
+      p.v_cache[cache_off + kHalf + i0 + j] = v[kHalf + i0 + j];
+    }
+    return;
+  }
+  const bool is_q = h < p.num_heads;
+  float a[kPairs], b[kPairs];
+  float ss = 0.0f;
+#pragma unroll
+  for (int j = 0; j < kPairs; ++j) {
+    a[j] = __bfloat162float(v[i0 + j]);
+    b[j] = __bfloat162float(v[kHalf + i0 + j]);
+    ss += a[j] * a[j] + b[j] * b[j];
+  }
+  const bf16* norm_w = is_q ? p.q_norm_w : p.k_norm_w;
+  if (norm_w != nullptr) {
+    const float inv = rsqrtf(warp_sum(ss) / kHeadDim + p.norm_eps);
+#pragma unroll
+    for (int j = 0; j < kPairs; ++j) {
+      // Round to bf16 between the norm and the rotation: the unfused path stores the normed q/k.
+      a[j] = __bfloat162float(__float2bfloat16(__bfloat162float(norm_w[i0 + j]) * (a[j] * inv)));
+      b[j] = __bfloat162float(__float2bfloat16(__bfloat162float(norm_w[kHalf + i0 + j]) * (b[j] * inv)));
+    }
+  }
+  const float pos = static_cast<float>(p.positions[r]);
+  const float* f = p.inv_freq + r * p.inv_freq_stride;
+#pragma unroll
+  for (int j = 0; j < kPairs; ++j) {
+    float sn, cs;
+    sincosf(pos * f[i0 + j], &sn, &cs);
+    const bf16 ra = __float2bfloat16(a[j] * cs - b[j] * sn);
+    const bf16 rb = __float2bfloat16(b[j] * cs + a[j] * sn);
+    v[i0 + j] = ra;
+    v[kHalf + i0 + j] = rb;
+    if (!is_q && slot >= 0) {
+      p.k_cache[cache_off + i0 + j] = ra;
+      p.k_cache[cache_off + kHalf + i0 + j] = rb;
+    }
+  }
+}
+
+__device__ __forceinline__ uint64_t splitmix64(uint64_t z) {
+  z += 0x9e3779b97f4a7c15ull;
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  return z ^ (z >> 31);
+}
+
+__global__ void fill_random_normal_kernel(bf16* x, int64_t n, uint64_t seed, float mean, float stddev) {
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const uint64_t h = splitmix64(seed ^ splitmix64(static_cast<uint64_t>(i)));
+    // Box-Muller on two 24-bit uniforms; u1 in (0, 1] keeps the log finite.
+    const float u1 = (static_cast<float>(h >> 40) + 1.0f) * (1.0f / 16777216.0f);
+    const float u2 = static_cast<float>((h >> 8) & 0xFFFFFFu) * (1.0f / 16777216.0f);
+    x[i] = __float2bfloat16(mean + stddev * sqrtf(-2.0f * logf(u1)) * cospif(2.0f * u2));
+  }
+}
+
+int threads_for(int64_t vecs) { return vecs >= 256 ? 256 : (vecs >= 128 ? 128 : (vecs >= 64 ? 64 : 32)); }
+
+}  // namespace
+
+void embedding(const int32_t* ids, const bf16* table, bf16* out, int64_t rows, int64_t dim, cudaStream_t stream) {
+  TROUPE_KERNEL_REQUIRE(dim % 8 == 0, "embedding: dim " << dim << " is not a multiple of 8");
+  if (rows == 0) return;
+  embedding_kernel<<<static_cast<unsigned>(rows), threads_for(dim / 8), 0, stream>>>(
+      ids, reinterpret_cast<const bf16x8*>(table), reinterpret_cast<bf16x8*>(out), dim / 8);
+  TROUPE_CUDA_CHECK_LAUNCH();
+}
+
+void add_rms_norm(bf16* residual, const bf16* x, const bf16* w, bf16* y, int64_t rows, int64_t dim, float eps,
+                  cudaStream_t stream) {
+  TROUPE_KERNEL_REQUIRE(dim % 8 == 0, "add_rms_norm: dim " << dim << " is not a multiple of 8");
+  if (rows == 0) return;
+  add_rms_norm_kernel<<<static_cast<unsigned>(rows), threads_for(dim / 8), 0, stream>>>(
+      reinterpret_cast<bf16x8*>(residual), reinterpret_cast<const bf16x8*>(x), reinterpret_cast<const bf16x8*>(w),
+      reinterpret_cast<bf16x8*>(y), dim / 8, dim, eps);
+  TROUPE_CUDA_CHECK_LAUNCH();
+}
+
+void head_rms_norm(bf16* x, const bf16* w, int64_t rows, int64_t row_stride, int64_t num_heads, int64_t head_dim,
+                   float eps, cudaStream_t stream) {
+  const int64_t warps = rows * num_heads;
+  if (warps == 0) return;
+  TROUPE_DISPATCH_HEAD_DIM(static_cast<int>(head_dim), [&] {
+    head_rms_norm_kernel<kHeadDim><<<static_cast<unsigned>((warps + 3) / 4), 128, 0, stream>>>(x, w, rows, row_stride,
+                                                                                              num_heads, eps);
+    TROUPE_CUDA_CHECK_LAUNCH();
+  });
+}
+
+void fill_random_normal(bf16* x, int64_t n, uint64_t seed, float mean, float stddev, cudaStream_t stream) {
+  if (n == 0) return;
+  const int64_t blocks = std::min<int64_t>((n + 255) / 256, 132 * 32);
+  fill_random_normal_kernel<<<static_cast<unsigned>(blocks), 256, 0, stream>>>(x, n, seed, mean, stddev);
+  TROUPE_CUDA_CHECK_LAUNCH();
+}
+
+void silu_mul(const bf16* gate_up, bf16* out, int64_t rows, int64_t inter, cudaStream_t stream) {
+  TROUPE_KERNEL_REQUIRE(inter % 8 == 0, "silu_mul: inter " << inter << " is not a multiple of 8");
+  const int64_t total = rows * inter / 8;
+  if (total == 0) return;
+  const int64_t blocks = (total + 255) / 256;
+  silu_mul_kernel<<<static_cast<unsigned>(blocks < 65535 * 8 ? blocks : 65535 * 8), 256, 0, stream>>>(
+      reinterpret_cast<const bf16x8*>(gate_up), reinterpret_cast<bf16x8*>(out), rows, inter / 8);
+  TROUPE_CUDA_CHECK_LAUNCH();
+}
+
+void rope_write_kv(const rope_write_kv_params& p, cudaStream_t stream) {
+  const int64_t warps = p.rows * (p.num_heads + 2 * p.num_kv_heads);
+  if (warps == 0) return;
+  TROUPE_DISPATCH_HEAD_DIM(p.head_dim, [&] {
+    rope_write_kv_kernel<kHeadDim><<<static_cast<unsigned>((warps + 3) / 4), 128, 0, stream>>>(p);
+    TROUPE_CUDA_CHECK_LAUNCH();
+  });
+}
+
+}  // namespace troupe::kernels::cuda

@@ -1,0 +1,88 @@
+// CUDA versions of the ops in kernels/cpu/ops.h, on bf16 activations with fp32 math. Launchers take POD
+// views by value and a stream; all are asynchronous and check their launch. Shapes are row-major; "stride"
+// arguments are in elements and let a kernel read a slice of a wider row (e.g. q inside the merged qkv).
+#pragma once
+
+#include <cublasLt.h>
+#include <cuda_bf16.h>
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+
+namespace troupe::kernels::cuda {
+
+using bf16 = __nv_bfloat16;
+
+// out[r, :] = table[ids[r], :]
+void embedding(const int32_t* ids,  // [rows]
+               const bf16* table,   // [vocab, dim]
+               bf16* out,           // [rows, dim]
+               int64_t rows, int64_t dim, cudaStream_t stream);
+
+// If x is non-null: residual += x. Then y = residual / sqrt(mean(residual^2) + eps) * w. The sum is
+// rounded to bf16 before the norm, as the residual stream is stored in bf16.
+void add_rms_norm(bf16* residual,  // [rows, dim], updated in place when x is non-null
+                  const bf16* x,   // [rows, dim] or null (plain RMSNorm of residual)
+                  const bf16* w,   // [dim]
+                  bf16* y,         // [rows, dim]
+                  int64_t rows, int64_t dim, float eps, cudaStream_t stream);
+
+// Qwen3's per-head q/k norm, in place: each head_dim slice of each row is RMS-normalized with w.
+void head_rms_norm(bf16* x,          // [rows, row_stride]: heads [0, num_heads) at the row start
+                   const bf16* w,    // [head_dim]
+                   int64_t rows, int64_t row_stride, int64_t num_heads, int64_t head_dim, float eps,
+                   cudaStream_t stream);
+
+// out[r, i] = silu(gate_up[r, i]) * gate_up[r, inter + i]
+void silu_mul(const bf16* gate_up,  // [rows, 2 * inter]
+              bf16* out,            // [rows, inter]
+              int64_t rows, int64_t inter, cudaStream_t stream);
+
+// RoPE (rotate-half, angle = positions[r] * inv_freq[r * inv_freq_stride + i] in fp32, as kernels/cpu)
+// fused with the KV-cache write. qkv is the merged projection output [rows, (nh + 2 * nkv) * head_dim]:
+// q is rotated in place; k is rotated and written (with v, unrotated) to the cache at slot_mapping[r]
+// (block * block_size + offset; negative = skip). Optional q_norm_w / k_norm_w apply Qwen3's per-head
+// RMSNorm before the rotation. k in the qkv buffer is rotated in place too (tests read it back).
+struct rope_write_kv_params {
+  bf16* qkv;                    // [rows, (num_heads + 2 * num_kv_heads) * head_dim]
+  const int32_t* positions;     // [rows]
+  const float* inv_freq;        // [rows or 1, head_dim / 2]
+  const int32_t* slot_mapping;  // [rows]
+  bf16* k_cache;                // [num_blocks, block_size, num_kv_heads, head_dim]
+  bf16* v_cache;                // [num_blocks, block_size, num_kv_heads, head_dim]
+  const bf16* q_norm_w;         // [head_dim] or null
+  const bf16* k_norm_w;         // [head_dim] or null
+  int64_t inv_freq_stride = 0;  // 0: one table for every row
+  int64_t rows = 0;
+  int32_t num_heads = 0;
+  int32_t num_kv_heads = 0;
+  int32_t head_dim = 0;
+  float norm_eps = 1e-6f;
+};
+void rope_write_kv(const rope_write_kv_params& p, cudaStream_t stream);
+
+// x[i] = mean + stddev * N(0, 1), from a counter hash of (seed, i): random weights and benchmark inputs
+// without a host round trip. Deterministic for a seed.
+void fill_random_normal(bf16* x, int64_t n, uint64_t seed, float mean, float stddev, cudaStream_t stream);
+
+// GEMMs through cuBLASLt: y[m, n] = x[m, k] @ w[n, k]^T, bf16 operands, fp32 accumulation, bf16 out.
+// One gemm_context per stream/thread: it owns the handle and a workspace, created once, reused per call.
+class gemm_context {
+ public:
+  gemm_context();
+  ~gemm_context();
+  gemm_context(const gemm_context&) = delete;
+  gemm_context& operator=(const gemm_context&) = delete;
+
+  void matmul_xwt(const bf16* x,  // [m, k]
+                  const bf16* w,  // [n, k]
+                  bf16* y,        // [m, n]
+                  int64_t m, int64_t n, int64_t k, cudaStream_t stream);
+
+ private:
+  cublasLtHandle_t handle_ = nullptr;
+  void* workspace_ = nullptr;  // [kWorkspaceBytes]
+  static constexpr size_t kWorkspaceBytes = 32u << 20;
+};
+
+}  // namespace troupe::kernels::cuda

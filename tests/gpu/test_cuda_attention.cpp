@@ -1,0 +1,186 @@
+// flash and paged attention against kernels/cpu paged_attention: ragged query lengths, contexts longer than
+// the queries (cached prefixes), shuffled block tables with holes, GQA and MQA, sliding windows, head dims
+// 64/128/256, poisoned outputs.
+#include <algorithm>
+#include <numeric>
+
+#include "kernels/cpu/ops.h"
+#include "kernels/cuda/attention.h"
+#include "tests/gpu/gpu_test_util.h"
+
+namespace troupe::gpu_test {
+namespace {
+
+namespace kc = troupe::kernels::cuda;
+namespace kref = troupe::kernels::cpu;
+
+struct attn_case {
+  std::vector<int> q_lens;
+  std::vector<int> ctx_lens;  // >= q_lens
+  int num_heads = 8;
+  int num_kv_heads = 2;
+  int head_dim = 128;
+  int block_size = 16;
+  int sliding_window = 0;
+};
+
+enum class attn_impl { flash_prefill4, flash_prefill8, flash_decode, flash_decode_split3, paged_decode };
+
+const char* name_of(attn_impl i) {
+  switch (i) {
+    case attn_impl::flash_prefill4: return "flash_prefill(4 warps)";
+    case attn_impl::flash_prefill8: return "flash_prefill(8 warps)";
+    case attn_impl::flash_decode: return "flash_decode";
+    case attn_impl::flash_decode_split3: return "flash_decode(3 splits)";
+    case attn_impl::paged_decode: return "paged_decode";
+  }
+  return "?";
+}
+
+void run_case(const attn_case& c, attn_impl impl, uint32_t seed) {
+  std::mt19937 rng(seed);
+  const int num_seqs = static_cast<int>(c.q_lens.size());
+  std::vector<int32_t> query_start(num_seqs + 1, 0), ctx(c.ctx_lens.begin(), c.ctx_lens.end());
+  for (int s = 0; s < num_seqs; ++s) query_start[s + 1] = query_start[s] + c.q_lens[s];
+  const int num_tokens = query_start[num_seqs];
+  const int max_ctx = *std::max_element(ctx.begin(), ctx.end());
+  const int max_q = *std::max_element(c.q_lens.begin(), c.q_lens.end());
+  const int max_blocks = (max_ctx + c.block_size - 1) / c.block_size + 1;  // one spare column: a hole
+  // A pool twice as large as needed, handed out in shuffled order: tables are non-contiguous and unused
+  // blocks (holes) hold random data that must never be read.
+  const int num_blocks = 2 * num_seqs * max_blocks;
+  std::vector<int32_t> pool(num_blocks);
+  std::iota(pool.begin(), pool.end(), 0);
+  std::shuffle(pool.begin(), pool.end(), rng);
+  std::vector<int32_t> tables(static_cast<size_t>(num_seqs) * max_blocks, -1);
+  size_t next = 0;
+  for (int s = 0; s < num_seqs; ++s) {
+    for (int b = 0; b < (ctx[s] + c.block_size - 1) / c.block_size; ++b) tables[s * max_blocks + b] = pool[next++];
+    next += 1;  // skip one: a hole between sequences' blocks
+  }
+  const size_t cache_elems = static_cast<size_t>(num_blocks) * c.block_size * c.num_kv_heads * c.head_dim;
+  auto q = random_bf16(rng, static_cast<size_t>(num_tokens) * c.num_heads * c.head_dim);
+  auto kcache = random_bf16(rng, cache_elems), vcache = random_bf16(rng, cache_elems);
+  const size_t out_elems = static_cast<size_t>(num_tokens) * c.num_heads * c.head_dim;
+
+  device_buffer<bf16> d_q(q.dev), d_k(kcache.dev), d_v(vcache.dev), d_out(out_elems);
+  device_buffer<int32_t> d_qs(query_start), d_ctx(ctx), d_tables(tables);
+  const size_t ws_floats = kc::attention_workspace_floats(num_tokens, c.num_heads, c.head_dim, max_ctx);
+  device_buffer<float> d_ws(ws_floats);
+  d_ws.poison();
+  d_out.poison();
+
+  kc::attention_params p{};
+  p.q = d_q.get();
+  p.k_cache = d_k.get();
+  p.v_cache = d_v.get();
+  p.out = d_out.get();
+  p.query_start = d_qs.get();
+  p.context_lens = d_ctx.get();
+  p.block_tables = d_tables.get();
+  p.workspace = d_ws.get();
+  p.workspace_floats = ws_floats;
+  p.num_seqs = num_seqs;
+  p.num_tokens = num_tokens;
+  p.max_q_len = max_q;
+  p.max_context_len = max_ctx;
+  p.max_blocks_per_seq = max_blocks;
+  p.num_heads = c.num_heads;
+  p.num_kv_heads = c.num_kv_heads;
+  p.head_dim = c.head_dim;
+  p.block_size = c.block_size;
+  p.scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
+  p.sliding_window = c.sliding_window;
+  switch (impl) {
+    case attn_impl::flash_prefill4: kc::flash_attention_prefill(p, nullptr, 4); break;
+    case attn_impl::flash_prefill8: kc::flash_attention_prefill(p, nullptr, 8); break;
+    case attn_impl::flash_decode: kc::flash_attention_decode(p, nullptr); break;
+    case attn_impl::flash_decode_split3: kc::flash_attention_decode(p, nullptr, 3); break;
+    case attn_impl::paged_decode: kc::paged_attention_decode(p, nullptr); break;
+  }
+  TROUPE_CUDA_CHECK(cudaDeviceSynchronize());
+
+  std::vector<float> ref(out_elems);
+  kref::paged_attention_params rp;
+  rp.q = q.ref.data();
+  rp.k_cache = kcache.ref.data();
+  rp.v_cache = vcache.ref.data();
+  rp.out = ref.data();
+  rp.query_start = query_start.data();
+  rp.context_lens = ctx.data();
+  rp.block_tables = tables.data();
+  rp.num_seqs = num_seqs;
+  rp.max_blocks_per_seq = max_blocks;
+  rp.num_heads = c.num_heads;
+  rp.num_kv_heads = c.num_kv_heads;
+  rp.head_dim = c.head_dim;
+  rp.block_size = c.block_size;
+  rp.scale = p.scale;
+  rp.sliding_window = c.sliding_window;
+  kref::paged_attention(rp);
+  // P is rounded to bf16 before P V (as FlashAttention does) and the output is bf16.
+  expect_close(to_float(d_out.download()), ref, 2e-2f, 2e-2f, 1.5e-2,
+               std::string(name_of(impl)) + " D=" + std::to_string(c.head_dim) + " H=" + std::to_string(c.num_heads) +
+                   "/" + std::to_string(c.num_kv_heads) + " window=" + std::to_string(c.sliding_window));
+}
+
+class FlashPrefill : public ::testing::TestWithParam<int> {};
+
+TEST_P(FlashPrefill, RaggedBatchWithCachedPrefixes) {
+  TROUPE_SKIP_WITHOUT_GPU();
+  const int d = GetParam();
+  uint32_t seed = 100 + d;
+  // Whole prompts, a chunk after a cached prefix, a single-token decode row and a tiny prompt, mixed.
+  attn_case c{{200, 77, 1, 3, 130}, {200, 301, 517, 3, 1000}, 8, 2, d, 16, 0};
+  for (attn_impl impl : {attn_impl::flash_prefill4, attn_impl::flash_prefill8}) {
+    run_case(c, impl, seed++);
+    run_case({{129, 64}, {129, 64}, 4, 4, d, 16, 0}, impl, seed++);    // MHA, exact tile edges
+    run_case({{150, 40}, {150, 300}, 8, 1, d, 32, 0}, impl, seed++);   // MQA, block size 32
+    run_case({{300, 90}, {300, 333}, 8, 2, d, 16, 100}, impl, seed++);  // sliding window
+  }
+}
+INSTANTIATE_TEST_SUITE_P(HeadDims, FlashPrefill, ::testing::Values(64, 128, 256));
+
+class Decode : public ::testing::TestWithParam<int> {};
+
+TEST_P(Decode, FlashAndPagedMatchReference) {
+  TROUPE_SKIP_WITHOUT_GPU();
+  const int d = GetParam();
+  uint32_t seed = 200 + d;
+  // Contexts on both sides of a paged partition (512) and of a flash key tile (64), batch of 6.
+  const std::vector<int> ctx{1, 63, 64, 511, 1300, 2100};
+  const std::vector<int> ones(ctx.size(), 1);
+  for (attn_impl impl : {attn_impl::flash_decode, attn_impl::flash_decode_split3, attn_impl::paged_decode}) {
+    for (const auto& [h, kvh] : {std::pair<int, int>{8, 2}, {8, 8}, {8, 1}, {32, 8}}) {
+      run_case({ones, ctx, h, kvh, d, 16, 0}, impl, seed++);
+    }
+    run_case({ones, ctx, 8, 2, d, 16, 700}, impl, seed++);  // sliding window
+  }
+  // Flash decode also takes short multi-token runs (speculative decode, small chunks).
+  run_case({{2, 3, 1}, {700, 90, 5}, 8, 2, d, 16, 0}, attn_impl::flash_decode, seed++);
+}
+INSTANTIATE_TEST_SUITE_P(HeadDims, Decode, ::testing::Values(64, 128, 256));
+
+TEST(Attention, RefusesUnsupportedShapes) {
+  TROUPE_SKIP_WITHOUT_GPU();
+  kc::attention_params p{};
+  p.num_seqs = 1;
+  p.num_tokens = 1;
+  p.max_q_len = 1;
+  p.max_context_len = 1;
+  p.num_heads = 8;
+  p.num_kv_heads = 2;
+  p.block_size = 16;
+  p.head_dim = 96;
+  EXPECT_THROW(kc::flash_attention_prefill(p, nullptr), std::runtime_error);
+  EXPECT_THROW(kc::paged_attention_decode(p, nullptr), std::runtime_error);
+  p.head_dim = 128;
+  p.num_heads = 12;  // group of 6: no paged kernel for it
+  p.num_kv_heads = 2;
+  EXPECT_THROW(kc::paged_attention_decode(p, nullptr), std::runtime_error);
+  p.num_kv_heads = 5;
+  EXPECT_THROW(kc::flash_attention_prefill(p, nullptr), std::runtime_error);
+}
+
+}  // namespace
+}  // namespace troupe::gpu_test

@@ -1,0 +1,185 @@
+// CUDA elementwise ops and GEMMs against kernels/cpu on fresh random inputs of several shapes.
+#include <algorithm>
+#include <numeric>
+
+#include "kernels/cpu/ops.h"
+#include "kernels/cuda/ops.h"
+#include "tests/gpu/gpu_test_util.h"
+
+namespace troupe::gpu_test {
+namespace {
+
+namespace kc = troupe::kernels::cuda;
+namespace kref = troupe::kernels::cpu;
+
+TEST(CudaOps, EmbeddingGathersRows) {
+  TROUPE_SKIP_WITHOUT_GPU();
+  std::mt19937 rng(11);
+  for (const auto& [rows, vocab, dim] : {std::tuple<int, int, int>{1, 7, 64}, {37, 1000, 264}, {300, 50, 4096}}) {
+    auto table = random_bf16(rng, static_cast<size_t>(vocab) * dim);
+    std::vector<int32_t> ids(rows);
+    for (auto& id : ids) id = std::uniform_int_distribution<int>(0, vocab - 1)(rng);
+    device_buffer<bf16> d_table(table.dev), d_out(static_cast<size_t>(rows) * dim);
+    device_buffer<int32_t> d_ids(ids);
+    d_out.poison();
+    kc::embedding(d_ids.get(), d_table.get(), d_out.get(), rows, dim, nullptr);
+    std::vector<float> ref(static_cast<size_t>(rows) * dim);
+    kref::embedding(ids.data(), table.ref.data(), ref.data(), rows, dim);
+    expect_close(to_float(d_out.download()), ref, 0, 0, 0, "embedding");
+  }
+}
+
+TEST(CudaOps, AddRmsNormMatchesReference) {
+  TROUPE_SKIP_WITHOUT_GPU();
+  std::mt19937 rng(12);
+  for (const auto& [rows, dim] : {std::pair<int, int>{1, 64}, {5, 2048}, {33, 4096}, {7, 5120}}) {
+    for (bool with_add : {true, false}) {
+      const size_t n = static_cast<size_t>(rows) * dim;
+      auto res = random_bf16(rng, n, 2.0f), x = random_bf16(rng, n), w = random_bf16(rng, dim, 0.2f, 1.0f);
+      device_buffer<bf16> d_res(res.dev), d_x(x.dev), d_w(w.dev), d_y(n);
+      d_y.poison();
+      kc::add_rms_norm(d_res.get(), with_add ? d_x.get() : nullptr, d_w.get(), d_y.get(), rows, dim, 1e-6f, nullptr);
+      std::vector<float> ref_res = res.ref, ref_y(n);
+      if (with_add) {
+        // The residual stream is bf16: the reference rounds the sum as the kernel stores it.
+        for (size_t i = 0; i < n; ++i) ref_res[i] = round_bf16(ref_res[i] + x.ref[i]);
+      }
+      kref::rms_norm(ref_res.data(), w.ref.data(), ref_y.data(), rows, dim, 1e-6f);
+      expect_close(to_float(d_res.download()), ref_res, 0, 0, 0, "residual");
+      expect_close(to_float(d_y.download()), ref_y, 1e-2f, 1e-2f, 5e-3, "normed");
+    }
+  }
+}
+
+TEST(CudaOps, HeadRmsNormNormalizesEachHead) {
+  TROUPE_SKIP_WITHOUT_GPU();
+  std::mt19937 rng(13);
+  for (int head_dim : {64, 128, 256}) {
+    const int rows = 19, heads = 6, stride = 10 * head_dim;  // q heads inside a wider qkv row
+    auto x = random_bf16(rng, static_cast<size_t>(rows) * stride, 3.0f), w = random_bf16(rng, head_dim, 0.2f, 1.0f);
+    device_buffer<bf16> d_x(x.dev), d_w(w.dev);
+    kc::head_rms_norm(d_x.get(), d_w.get(), rows, stride, heads, head_dim, 1e-6f, nullptr);
+    std::vector<float> ref = x.ref;
+    for (int r = 0; r < rows; ++r) {
+      float* row = ref.data() + static_cast<size_t>(r) * stride;
+      kref::rms_norm(row, w.ref.data(), row, heads, head_dim, 1e-6f);  // heads are contiguous rows of head_dim
+    }
+    expect_close(to_float(d_x.download()), ref, 1e-2f, 1e-2f, 5e-3, "head_rms_norm D=" + std::to_string(head_dim));
+  }
+  device_buffer<bf16> x(96), w(96);
+  EXPECT_THROW(kc::head_rms_norm(x.get(), w.get(), 1, 96, 1, 96, 1e-6f, nullptr), std::runtime_error);
+}
+
+TEST(CudaOps, SiluMulMatchesReference) {
+  TROUPE_SKIP_WITHOUT_GPU();
+  std::mt19937 rng(14);
+  for (const auto& [rows, inter] : {std::pair<int, int>{1, 64}, {17, 1408}, {64, 14336}}) {
+    const size_t n = static_cast<size_t>(rows) * inter;
+    auto gu = random_bf16(rng, 2 * n, 2.0f);
+    device_buffer<bf16> d_gu(gu.dev), d_out(n);
+    d_out.poison();
+    kc::silu_mul(d_gu.get(), d_out.get(), rows, inter, nullptr);
+    std::vector<float> ref(n);
+    kref::silu_mul(gu.ref.data(), ref.data(), rows, inter);
+    expect_close(to_float(d_out.download()), ref, 1e-2f, 1e-2f, 5e-3, "silu_mul");
+  }
+}
+
+// RoPE + cache write: q/k rotated in place, k and v land at their (shuffled) slots, skipped slots untouched.
+void check_rope_write_kv(std::mt19937& rng, int head_dim, bool per_row_freq, bool qk_norm) {
+  const int rows = 23, nh = 8, nkv = 2, block_size = 16, num_blocks = 9;
+  const int total = nh + 2 * nkv, half = head_dim / 2;
+  const size_t row_elems = static_cast<size_t>(total) * head_dim;
+  auto qkv = random_bf16(rng, rows * row_elems);
+  std::vector<int32_t> positions(rows), slots(num_blocks * block_size);
+  for (int r = 0; r < rows; ++r) positions[r] = std::uniform_int_distribution<int>(0, 9000)(rng);
+  std::iota(slots.begin(), slots.end(), 0);
+  std::shuffle(slots.begin(), slots.end(), rng);
+  slots.resize(rows);
+  slots[5] = -1;  // a padded token: no cache write
+  std::vector<float> inv_freq((per_row_freq ? rows : 1) * half);
+  for (size_t i = 0; i < inv_freq.size(); ++i) {
+    inv_freq[i] = std::pow(500000.0f, -2.0f * static_cast<float>(i % half) / head_dim) *
+                  (per_row_freq ? std::uniform_real_distribution<float>(0.25f, 1.0f)(rng) : 1.0f);
+  }
+  auto qn = random_bf16(rng, head_dim, 0.2f, 1.0f), kn = random_bf16(rng, head_dim, 0.2f, 1.0f);
+  const size_t cache_elems = static_cast<size_t>(num_blocks) * block_size * nkv * head_dim;
+  auto kc0 = random_bf16(rng, cache_elems), vc0 = random_bf16(rng, cache_elems);
+  device_buffer<bf16> d_qkv(qkv.dev), d_kc(kc0.dev), d_vc(vc0.dev), d_qn(qn.dev), d_kn(kn.dev);
+  device_buffer<int32_t> d_pos(positions), d_slots(slots);
+  device_buffer<float> d_freq(inv_freq);
+  kc::rope_write_kv_params p{};
+  p.qkv = d_qkv.get();
+  p.positions = d_pos.get();
+  p.inv_freq = d_freq.get();
+  p.inv_freq_stride = per_row_freq ? half : 0;
+  p.slot_mapping = d_slots.get();
+  p.k_cache = d_kc.get();
+  p.v_cache = d_vc.get();
+  p.q_norm_w = qk_norm ? d_qn.get() : nullptr;
+  p.k_norm_w = qk_norm ? d_kn.get() : nullptr;
+  p.rows = rows;
+  p.num_heads = nh;
+  p.num_kv_heads = nkv;
+  p.head_dim = head_dim;
+  kc::rope_write_kv(p, nullptr);
+
+  // Reference: split q/k/v, optional per-head norm (rounded to bf16 as stored), rope, write_kv.
+  std::vector<float> q(rows * nh * head_dim), k(rows * nkv * head_dim), v(rows * nkv * head_dim);
+  for (int r = 0; r < rows; ++r) {
+    const float* src = qkv.ref.data() + r * row_elems;
+    std::copy(src, src + nh * head_dim, q.data() + r * nh * head_dim);
+    std::copy(src + nh * head_dim, src + (nh + nkv) * head_dim, k.data() + r * nkv * head_dim);
+    std::copy(src + (nh + nkv) * head_dim, src + row_elems, v.data() + r * nkv * head_dim);
+  }
+  if (qk_norm) {
+    kref::rms_norm(q.data(), qn.ref.data(), q.data(), rows * nh, head_dim, 1e-6f);
+    kref::rms_norm(k.data(), kn.ref.data(), k.data(), rows * nkv, head_dim, 1e-6f);
+    for (auto& x : q) x = round_bf16(x);
+    for (auto& x : k) x = round_bf16(x);
+  }
+  kref::rope(q.data(), positions.data(), inv_freq.data(), p.inv_freq_stride, rows, nh, head_dim);
+  kref::rope(k.data(), positions.data(), inv_freq.data(), p.inv_freq_stride, rows, nkv, head_dim);
+  std::vector<float> ref_kc = kc0.ref, ref_vc = vc0.ref;
+  kref::write_kv(k.data(), v.data(), slots.data(), ref_kc.data(), ref_vc.data(), rows, nkv, head_dim);
+  std::vector<float> ref_qkv = qkv.ref;
+  for (int r = 0; r < rows; ++r) {
+    std::copy(q.data() + r * nh * head_dim, q.data() + (r + 1) * nh * head_dim, ref_qkv.data() + r * row_elems);
+    std::copy(k.data() + r * nkv * head_dim, k.data() + (r + 1) * nkv * head_dim,
+              ref_qkv.data() + r * row_elems + nh * head_dim);
+  }
+  const std::string what = "rope D=" + std::to_string(head_dim) + (per_row_freq ? " per-row" : "") +
+                           (qk_norm ? " qk-norm" : "");
+  // Angles up to ~9000 rad: fp32 sin/cos of a large argument differ by a few ulp of the argument.
+  expect_close(to_float(d_qkv.download()), ref_qkv, 2e-2f, 1e-2f, 5e-3, what + " qkv");
+  expect_close(to_float(d_kc.download()), ref_kc, 2e-2f, 1e-2f, 5e-3, what + " k_cache");
+  expect_close(to_float(d_vc.download()), ref_vc, 0, 0, 0, what + " v_cache");
+}
+
+TEST(CudaOps, RopeWriteKvMatchesReference) {
+  TROUPE_SKIP_WITHOUT_GPU();
+  std::mt19937 rng(15);
+  for (int head_dim : {64, 128, 256}) {
+    check_rope_write_kv(rng, head_dim, false, false);
+    check_rope_write_kv(rng, head_dim, true, false);
+    check_rope_write_kv(rng, head_dim, false, true);
+  }
+}
+
+TEST(CudaOps, GemmMatchesReference) {
+  TROUPE_SKIP_WITHOUT_GPU();
+  std::mt19937 rng(16);
+  kc::gemm_context gemm;
+  for (const auto& [m, n, k] : {std::tuple<int, int, int>{1, 256, 64}, {37, 320, 264}, {128, 1024, 4096}}) {
+    auto x = random_bf16(rng, static_cast<size_t>(m) * k), w = random_bf16(rng, static_cast<size_t>(n) * k, 0.05f);
+    device_buffer<bf16> d_x(x.dev), d_w(w.dev), d_y(static_cast<size_t>(m) * n);
+    d_y.poison();
+    gemm.matmul_xwt(d_x.get(), d_w.get(), d_y.get(), m, n, k, nullptr);
+    std::vector<float> ref(static_cast<size_t>(m) * n);
+    kref::matmul_xwt(x.ref.data(), w.ref.data(), nullptr, ref.data(), m, n, k);
+    expect_close(to_float(d_y.download()), ref, 2e-2f, 1e-2f, 5e-3, "gemm");
+  }
+}
+
+}  // namespace
+}  // namespace troupe::gpu_test
