@@ -7,6 +7,7 @@
 #include <chrono>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <sstream>
 #include <string>
 
@@ -47,24 +48,47 @@ class tokenizer_reference : public ::testing::TestWithParam<std::string> {
   nlohmann::json ref_;
 };
 
+std::optional<std::string> optional_string(const nlohmann::json& j) {
+  if (j.is_null()) return std::nullopt;
+  return j.get<std::string>();
+}
+
+// load_dir: tokenizer.json as tokenizers reads it, plus tokenizer_config.json's bos/eos (compared with
+// what transformers reports) and add_bos_token. DeepSeek-V3's tokenizer.json adds no BOS but its
+// config says add_bos_token (transformers 4's LlamaTokenizerFast adds it): there load_dir prepends it,
+// while load() (tokenizer.json alone) matches tokenizers.
 TEST_P(tokenizer_reference, encode_and_decode_match_hf_tokenizers) {
   auto start = std::chrono::steady_clock::now();
-  troupe::tokenizer tok = troupe::tokenizer::load(model_dir(GetParam()) + "/tokenizer.json");
+  troupe::tokenizer tok = troupe::tokenizer::load_dir(model_dir(GetParam()));
   double load_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   std::cout << GetParam() << ": load " << load_s << " s\n";
   EXPECT_EQ(tok.vocab_size(), ref_["vocab_size"].get<int32_t>());
+  const auto& tf = ref_["transformers"];
+  ASSERT_TRUE(tf.is_object()) << "reference has no transformers section";
+  EXPECT_EQ(tok.bos_token(), optional_string(tf["bos_token"]));
+  EXPECT_EQ(tok.eos_token(), optional_string(tf["eos_token"]));
+  EXPECT_EQ(tok.bos_id(),
+            tf["bos_id"].is_null() ? std::nullopt : std::optional<int32_t>(tf["bos_id"].get<int32_t>()));
+  EXPECT_EQ(tok.eos_id(),
+            tf["eos_id"].is_null() ? std::nullopt : std::optional<int32_t>(tf["eos_id"].get<int32_t>()));
+  bool config_adds_bos = GetParam() == "deepseek_v3";
+  std::optional<troupe::tokenizer> plain;
+  if (config_adds_bos) plain = troupe::tokenizer::load(model_dir(GetParam()) + "/tokenizer.json");
   int failures = 0;
   for (const auto& e : ref_["entries"]) {
     std::string text = e["text"].get<std::string>();
     auto ids = e["ids"].get<std::vector<int32_t>>();
     auto ids_special = e["ids_special"].get<std::vector<int32_t>>();
+    auto want_special = ids_special;
+    if (config_adds_bos) want_special.insert(want_special.begin(), *tok.bos_id());
     auto got = tok.encode(text, false);
     auto got_special = tok.encode(text, true);
     EXPECT_EQ(show(got), show(ids)) << "text: " << nlohmann::json(text).dump();
-    EXPECT_EQ(show(got_special), show(ids_special)) << "text: " << nlohmann::json(text).dump();
+    EXPECT_EQ(show(got_special), show(want_special)) << "text: " << nlohmann::json(text).dump();
+    if (plain) EXPECT_EQ(show(plain->encode(text, true)), show(ids_special)) << nlohmann::json(text).dump();
     EXPECT_EQ(tok.decode(ids_special, true), e["decoded_skip"].get<std::string>()) << show(ids_special);
     EXPECT_EQ(tok.decode(ids_special, false), e["decoded_keep"].get<std::string>()) << show(ids_special);
-    failures += got != ids || got_special != ids_special;
+    failures += got != ids || got_special != want_special;
   }
   EXPECT_EQ(failures, 0);
   for (const auto& d : ref_["random_decodes"]) {
