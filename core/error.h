@@ -64,17 +64,16 @@ class check_failure {
 }  // namespace troupe
 
 // Always-on invariant checks that print both sides; extra context with <<.
+// Written as loops, not if/else, so that a check used as the body of an unbraced `if` cannot capture its
+// `else`; the failure object throws at the end of the full expression, so the loop never repeats.
 #define TROUPE_CHECK(cond) \
-  if (cond) {              \
-  } else                   \
-    ::troupe::detail::check_failure(__FILE__, __LINE__, #cond)
+  while (!(cond)) ::troupe::detail::check_failure(__FILE__, __LINE__, #cond)
 
-#define TROUPE_CHECK_OP(a, b, op)                                                            \
-  if (std::string troupe_msg_ = ::troupe::detail::check_op(                                  \
-          [](const auto& x, const auto& y) { return x op y; }, (a), (b), #a " " #op " " #b); \
-      troupe_msg_.empty()) {                                                                 \
-  } else                                                                                     \
-    ::troupe::detail::check_failure(__FILE__, __LINE__, troupe_msg_)
+#define TROUPE_CHECK_OP(a, b, op)                                                                  \
+  for (std::string troupe_msg_ = ::troupe::detail::check_op(                                       \
+           [](const auto& x, const auto& y) { return x op y; }, (a), (b), #a " " #op " " #b); \
+       !troupe_msg_.empty();)                                                                      \
+  ::troupe::detail::check_failure(__FILE__, __LINE__, troupe_msg_)
 
 #define TROUPE_CHECK_EQ(a, b) TROUPE_CHECK_OP(a, b, ==)
 #define TROUPE_CHECK_NE(a, b) TROUPE_CHECK_OP(a, b, !=)
