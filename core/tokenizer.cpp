@@ -8,6 +8,7 @@
 #include "core/tokenizer_added.h"
 #include "core/tokenizer_bpe.h"
 #include "core/tokenizer_decoder.h"
+#include "core/tokenizer_json.h"
 #include "core/tokenizer_normalizer.h"
 #include "core/tokenizer_pretokenizer.h"
 #include "core/unicode.h"
@@ -25,10 +26,10 @@ struct tokenizer::impl {
   added_vocabulary added;
   std::optional<int32_t> bos_id, eos_id;
 
-  explicit impl(const nlohmann::json& j)
+  impl(const nlohmann::json& j, bpe_tables tables)
       : norm(j.value("normalizer", nlohmann::json())),
         pre(j.value("pre_tokenizer", nlohmann::json())),
-        model(std::make_shared<const bpe_model>(j.at("model"))),
+        model(std::make_shared<const bpe_model>(j.at("model"), std::move(tables))),
         dec(j.value("decoder", nlohmann::json())),
         post(j.value("post_processor", nlohmann::json())),
         added(j.value("added_tokens", nlohmann::json()), norm) {
@@ -59,15 +60,12 @@ std::optional<std::string> config_token(const nlohmann::json& cfg, const char* k
 }  // namespace
 
 tokenizer tokenizer::from_json(std::string_view tokenizer_json, const std::string& name) {
-  nlohmann::json j;
+  bpe_tables tables;
+  nlohmann::json j = parse_tokenizer_json(tokenizer_json, name, tables);
+  if (!j.is_object() || !j.contains("model") || !j["model"].is_object())
+    throw error(name + ": no \"model\" object");
   try {
-    j = nlohmann::json::parse(tokenizer_json);
-  } catch (const nlohmann::json::exception& e) {
-    throw error(name + ": not valid JSON: " + e.what());
-  }
-  if (!j.is_object() || !j.contains("model")) throw error(name + ": no \"model\" object");
-  try {
-    return tokenizer(std::make_shared<const impl>(j));
+    return tokenizer(std::make_shared<const impl>(j, std::move(tables)));
   } catch (const troupe::error& e) {
     std::string msg = e.what();
     // Component errors say "tokenizer.json: ..."; name the real file instead.

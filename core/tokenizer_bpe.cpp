@@ -22,29 +22,28 @@ bool optional_bool(const nlohmann::json& j, const char* key) {
 
 }  // namespace
 
-bpe_model::bpe_model(const nlohmann::json& model) {
+bpe_model::bpe_model(const nlohmann::json& model, bpe_tables tables) {
   std::string type = optional_string(model, "type");
-  if (type.empty() && model.contains("merges")) type = "BPE";  // old files leave the type out
+  if (type.empty() && tables.has_merges) type = "BPE";  // old files leave the type out
   if (type != "BPE") {
     throw error("tokenizer.json: unsupported model type '" + type + "' (only BPE is supported)");
   }
-  auto vocab = model.find("vocab");
-  auto merges = model.find("merges");
-  if (vocab == model.end() || !vocab->is_object())
-    throw error("tokenizer.json: BPE model has no vocab object");
-  if (merges == model.end() || !merges->is_array())
-    throw error("tokenizer.json: BPE model has no merges array");
+  if (!tables.has_vocab) throw error("tokenizer.json: BPE model has no vocab object");
+  if (!tables.has_merges) throw error("tokenizer.json: BPE model has no merges array");
   if (model.contains("dropout") && !model["dropout"].is_null() && model["dropout"].get<double>() != 0.0) {
     throw error("tokenizer.json: BPE dropout is not supported (inference tokenizers never set it)");
   }
+  if (!tables.bad_merges.empty()) {
+    throw error("tokenizer.json: merge " + std::to_string(tables.bad_merges.front()) +
+                " is neither 'a b' nor [a, b]");
+  }
 
-  vocab_.reserve(vocab->size());
+  vocab_.reserve(tables.vocab.size());
   int32_t max_id = -1;
-  for (auto it = vocab->begin(); it != vocab->end(); ++it) {
-    int64_t id = it.value().get<int64_t>();
-    if (id < 0 || id > INT32_MAX) throw error("tokenizer.json: vocab id out of range for '" + it.key() + "'");
-    vocab_.emplace(it.key(), static_cast<int32_t>(id));
+  for (auto& [token, id] : tables.vocab) {
+    if (id < 0 || id > INT32_MAX) throw error("tokenizer.json: vocab id out of range for '" + token + "'");
     max_id = std::max(max_id, static_cast<int32_t>(id));
+    vocab_.emplace(std::move(token), static_cast<int32_t>(id));
   }
   id_to_token_.resize(static_cast<size_t>(max_id + 1));
   id_present_.assign(static_cast<size_t>(max_id + 1), false);
@@ -71,24 +70,9 @@ bpe_model::bpe_model(const nlohmann::json& model) {
     byte_ids_[b] = it == vocab_.end() ? -1 : it->second;
   }
 
-  merges_.reserve(merges->size());
+  merges_.reserve(tables.merges.size());
   int32_t rank = 0;
-  std::string left, right;
-  for (const auto& m : *merges) {
-    if (m.is_string()) {
-      const std::string& s = m.get_ref<const std::string&>();
-      size_t sp = s.find(' ');
-      if (sp == std::string::npos || s.find(' ', sp + 1) != std::string::npos) {
-        throw error("tokenizer.json: merge " + std::to_string(rank) + " '" + s + "' is not two tokens");
-      }
-      left = s.substr(0, sp);
-      right = s.substr(sp + 1);
-    } else if (m.is_array() && m.size() == 2) {
-      left = m[0].get<std::string>();
-      right = m[1].get<std::string>();
-    } else {
-      throw error("tokenizer.json: merge " + std::to_string(rank) + " is neither 'a b' nor [a, b]");
-    }
+  for (const auto& [left, right] : tables.merges) {
     auto a = vocab_.find(left), b = vocab_.find(right);
     std::string merged = left;
     // With a continuing-subword prefix the right part carries it, the merged token does not.

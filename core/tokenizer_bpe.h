@@ -12,12 +12,15 @@
 #include <unordered_map>
 #include <vector>
 
+#include "core/tokenizer_json.h"
+
 namespace troupe::tokenizer_detail {
 
 class bpe_model {
  public:
-  // `model` is tokenizer.json's "model" object. Throws troupe::error on anything but a valid BPE.
-  explicit bpe_model(const nlohmann::json& model);
+  // `model` is tokenizer.json's "model" object without its vocab and merges, which come in `tables`
+  // (see tokenizer_json.h). Throws troupe::error on anything but a valid BPE.
+  bpe_model(const nlohmann::json& model, bpe_tables tables);
   bpe_model(const bpe_model&) = delete;
   bpe_model& operator=(const bpe_model&) = delete;
 
