@@ -213,3 +213,21 @@ TEST(tokenizer_threads, concurrent_encodes_agree) {
 }
 
 }  // namespace
+
+namespace {
+
+TEST(tokenizer_small_json, metaspace_pre_tokenizer_and_decoder) {
+  // Mistral-style: Metaspace replaces spaces, prepends "▁" and splits before each "▁".
+  const std::string json = R"({
+    "pre_tokenizer": {"type": "Metaspace", "replacement": "\u2581", "prepend_scheme": "always", "split": true},
+    "decoder": {"type": "Metaspace", "replacement": "\u2581", "prepend_scheme": "always", "split": true},
+    "model": {"type": "BPE", "vocab": {"\u2581a": 0, "\u2581b": 1, "\u2581": 2, "a": 3, "b": 4},
+              "merges": [["\u2581", "a"], ["\u2581", "b"]]}})";
+  troupe::tokenizer t = troupe::tokenizer::from_json(json);
+  EXPECT_EQ(t.encode("a b", false), (ids{0, 1}));
+  EXPECT_EQ(t.encode("ab  a", false), (ids{0, 4, 2, 0}));
+  EXPECT_EQ(t.decode({0, 1}, false), "a b");
+  EXPECT_EQ(t.decode({0, 4, 2, 0}, false), "ab  a");
+}
+
+}  // namespace
