@@ -55,7 +55,13 @@ std::string chat_template::render(const nlohmann::ordered_json& context,
 
 std::string chat_template::render(const nlohmann::json& context,
                                   const chat_template_render_options& options) const {
-  return render(nlohmann::ordered_json::parse(context.dump()), options);
+  nlohmann::ordered_json ordered;
+  try {
+    ordered = nlohmann::ordered_json::parse(context.dump());
+  } catch (const nlohmann::json::exception& e) {
+    throw troupe::error(std::string("chat template: the context is not valid JSON: ") + e.what());
+  }
+  return render(ordered, options);
 }
 
 model_chat_template model_chat_template::load(const std::string& model_dir) {
