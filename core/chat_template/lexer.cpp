@@ -380,6 +380,62 @@ class lexer {
 
 }  // namespace
 
+const char* token_type_name(token_type t) {
+  switch (t) {
+    case token_type::text:
+      return "Text";
+    case token_type::number:
+      return "NumericLiteral";
+    case token_type::string:
+      return "StringLiteral";
+    case token_type::identifier:
+      return "Identifier";
+    case token_type::equals:
+      return "Equals";
+    case token_type::open_paren:
+      return "OpenParen";
+    case token_type::close_paren:
+      return "CloseParen";
+    case token_type::open_statement:
+      return "OpenStatement";
+    case token_type::close_statement:
+      return "CloseStatement";
+    case token_type::open_expression:
+      return "OpenExpression";
+    case token_type::close_expression:
+      return "CloseExpression";
+    case token_type::open_square:
+      return "OpenSquareBracket";
+    case token_type::close_square:
+      return "CloseSquareBracket";
+    case token_type::open_curly:
+      return "OpenCurlyBracket";
+    case token_type::close_curly:
+      return "CloseCurlyBracket";
+    case token_type::comma:
+      return "Comma";
+    case token_type::dot:
+      return "Dot";
+    case token_type::colon:
+      return "Colon";
+    case token_type::pipe:
+      return "Pipe";
+    case token_type::additive:
+      return "AdditiveBinaryOperator";
+    case token_type::multiplicative:
+      return "MultiplicativeBinaryOperator";
+    case token_type::power:
+      return "ExponentiationBinaryOperator";
+    case token_type::comparison:
+      return "ComparisonBinaryOperator";
+    case token_type::unary:
+      return "UnaryOperator";
+    case token_type::comment:
+      return "Comment";
+  }
+  return "?";
+}
+
 source_text preprocess(const std::string& source) {
   source_text in;
   in.text = source;

@@ -50,6 +50,9 @@ struct source_text {
   std::vector<int> line;  // [text.size()] original line of each byte
 };
 
+// The reference's token type names ("CloseStatement", ...), which its error messages show.
+const char* token_type_name(token_type t);
+
 source_text preprocess(const std::string& source);
 
 // Throws troupe::error "chat template line N: ..." on a lexical error.

@@ -10,62 +10,6 @@ namespace troupe::jinja {
 
 namespace {
 
-const char* token_name(token_type t) {
-  switch (t) {
-    case token_type::text:
-      return "Text";
-    case token_type::number:
-      return "NumericLiteral";
-    case token_type::string:
-      return "StringLiteral";
-    case token_type::identifier:
-      return "Identifier";
-    case token_type::equals:
-      return "Equals";
-    case token_type::open_paren:
-      return "OpenParen";
-    case token_type::close_paren:
-      return "CloseParen";
-    case token_type::open_statement:
-      return "OpenStatement";
-    case token_type::close_statement:
-      return "CloseStatement";
-    case token_type::open_expression:
-      return "OpenExpression";
-    case token_type::close_expression:
-      return "CloseExpression";
-    case token_type::open_square:
-      return "OpenSquareBracket";
-    case token_type::close_square:
-      return "CloseSquareBracket";
-    case token_type::open_curly:
-      return "OpenCurlyBracket";
-    case token_type::close_curly:
-      return "CloseCurlyBracket";
-    case token_type::comma:
-      return "Comma";
-    case token_type::dot:
-      return "Dot";
-    case token_type::colon:
-      return "Colon";
-    case token_type::pipe:
-      return "Pipe";
-    case token_type::additive:
-      return "AdditiveBinaryOperator";
-    case token_type::multiplicative:
-      return "MultiplicativeBinaryOperator";
-    case token_type::power:
-      return "ExponentiationBinaryOperator";
-    case token_type::comparison:
-      return "ComparisonBinaryOperator";
-    case token_type::unary:
-      return "UnaryOperator";
-    case token_type::comment:
-      return "Comment";
-  }
-  return "?";
-}
-
 class parser {
  public:
   parser(const std::vector<token>& tokens, int max_depth) : t_(tokens), max_depth_(max_depth) {}
@@ -115,7 +59,7 @@ class parser {
   const token& expect(token_type type, const std::string& msg) {
     const token& tok = peek();
     if (tok.type != type)
-      fail("Parser Error: " + msg + ". " + token_name(tok.type) + " !== " + token_name(type) + ".");
+      fail("Parser Error: " + msg + ". " + token_type_name(tok.type) + " !== " + token_type_name(type) + ".");
     ++cur_;
     return tok;
   }
@@ -174,7 +118,7 @@ class parser {
         return e;
       }
       default:
-        fail(std::string("Unexpected token type: ") + token_name(tok.type));
+        fail(std::string("Unexpected token type: ") + token_type_name(tok.type));
     }
   }
 
@@ -182,7 +126,7 @@ class parser {
     expect(token_type::open_statement, "Expected opening statement token");
     const token& tok = peek();
     if (tok.type != token_type::identifier)
-      fail(std::string("Unknown statement, got ") + token_name(tok.type));
+      fail(std::string("Unknown statement, got ") + token_type_name(tok.type));
     const std::string name = tok.value;
     int at = tok.line;
     ++cur_;
@@ -639,7 +583,7 @@ class parser {
       }
       default:
         --cur_;
-        fail(std::string("Unexpected token: ") + token_name(tok.type));
+        fail(std::string("Unexpected token: ") + token_type_name(tok.type));
     }
   }
 };
