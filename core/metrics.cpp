@@ -113,7 +113,9 @@ void gauge::inc(double d) { atomic_add(value_, d); }
 histogram::histogram(std::vector<double> bounds) : bounds_(std::move(bounds)) {
   for (size_t i = 0; i < bounds_.size(); ++i) {
     TROUPE_CHECK(std::isfinite(bounds_[i])) << "histogram bound" << i << "is not finite";
-    if (i) TROUPE_CHECK_LT(bounds_[i - 1], bounds_[i]) << "histogram bounds must ascend";
+    if (i) {
+      TROUPE_CHECK_LT(bounds_[i - 1], bounds_[i]) << "histogram bounds must ascend";
+    }
   }
   buckets_.reset(new std::atomic<uint64_t>[bounds_.size() + 1]);
   for (size_t i = 0; i <= bounds_.size(); ++i) buckets_[i].store(0, std::memory_order_relaxed);
