@@ -4,6 +4,8 @@
 #include <cuda_bf16.h>
 
 #include <cstdint>
+#include <type_traits>
+#include <utility>
 
 #include "kernels/cuda/attention.h"
 
@@ -32,6 +34,32 @@ __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* 
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                : "r"(s));
+}
+
+// ldmatrix at a register base plus a compile-time byte offset. The offset is an immediate in the instruction,
+// so the compiler cannot hoist one address register per (k step, n tile) out of the main loop, which is
+// what blew the flash kernels up to 209+ registers when addresses were computed in C++.
+template <int kImm>
+__device__ __forceinline__ void ldmatrix_x4_at(uint32_t (&r)[4], uint32_t base) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4+%5];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(base), "n"(kImm));
+}
+template <int kImm>
+__device__ __forceinline__ void ldmatrix_x4_trans_at(uint32_t (&r)[4], uint32_t base) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4+%5];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(base), "n"(kImm));
+}
+
+// Calls f(std::integral_constant<int, I>{}) for I in [0, N): loop indices usable as template arguments.
+template <typename F, int... I>
+__device__ __forceinline__ void static_for_impl(F&& f, std::integer_sequence<int, I...>) {
+  (f(std::integral_constant<int, I>{}), ...);
+}
+template <int N, typename F>
+__device__ __forceinline__ void static_for(F&& f) {
+  static_for_impl(f, std::make_integer_sequence<int, N>{});
 }
 
 // d += a * b, bf16 operands, fp32 accumulators (m16n8k16).

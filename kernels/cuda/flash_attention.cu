@@ -22,14 +22,22 @@ using bf16 = __nv_bfloat16;
 
 namespace {
 
-template <int D, int kWarps, int kMTiles>
+// kKeySplit = false (prefill): warps split the rows of the tile, each warp sees every key.
+// kKeySplit = true (decode): all warps share one 16 * kMTiles row tile and split each key tile kWarps ways;
+// their (m, l, O) merge through shared memory at the end. Few rows, many keys: this keeps 4 warps busy
+// per block where a row split would leave one.
+template <int D, int kWarps, int kMTiles, bool kKeySplit>
 struct flash_cfg {
   static constexpr int kRowsPerWarp = 16 * kMTiles;
-  static constexpr int kBr = kWarps * kRowsPerWarp;
+  static constexpr int kBr = kKeySplit ? kRowsPerWarp : kWarps * kRowsPerWarp;
   static constexpr int kBc = 64;
+  static constexpr int kKeysPerWarp = kKeySplit ? kBc / kWarps : kBc;  // keys of a tile one warp handles
+  static constexpr int kNT = kKeysPerWarp / 8;                          // n8 tiles of S per warp
   static constexpr int kThreads = kWarps * 32;
   static constexpr int kChunks = D / 8;  // 16-byte chunks per row
   static constexpr int kSmemBytes = (kBr * D + 4 * kBc * D) * 2;
+  static_assert(!kKeySplit || kKeysPerWarp % 16 == 0, "a warp's key slice must be whole k16 steps");
+  static_assert(!kKeySplit || kWarps * kBr * (D + 2) * 4 <= kSmemBytes, "merge scratch must fit");
 };
 
 // Element offset of (row, 16-byte chunk) in a swizzled [rows, D] bf16 tile.
@@ -38,10 +46,18 @@ __device__ __forceinline__ int swz(int row, int chunk) {
   return row * D + ((chunk ^ (row & 7)) << 3);
 }
 
-template <int D, int kWarps, int kMTiles>
-__global__ void __launch_bounds__(kWarps * 32) flash_attention_kernel(attention_params p, int num_splits) {
-  using C = flash_cfg<D, kWarps, kMTiles>;
-  constexpr int kBr = C::kBr, kBc = C::kBc, kChunks = C::kChunks;
+// 2^x; inputs here are <= 0 or -inf, where the approximate unit is exact enough (rel. error ~2^-22).
+__device__ __forceinline__ float fast_exp2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
+
+template <int D, int kWarps, int kMTiles, bool kKeySplit>
+__global__ void __launch_bounds__(kWarps * 32, kWarps == 8 && D <= 128 ? 2 : 1) flash_attention_kernel(attention_params p, int num_splits,
+                                                                       int block_shift) {
+  using C = flash_cfg<D, kWarps, kMTiles, kKeySplit>;
+  constexpr int kBr = C::kBr, kBc = C::kBc, kChunks = C::kChunks, kNT = C::kNT;
   extern __shared__ __align__(128) unsigned char smem_raw[];
   bf16* sq = reinterpret_cast<bf16*>(smem_raw);  // [kBr, D]
   bf16* sk = sq + kBr * D;                       // [2, kBc, D]
@@ -88,30 +104,51 @@ __global__ void __launch_bounds__(kWarps * 32) flash_attention_kernel(attention_
         valid ? (static_cast<int64_t>(q0 + gr / group) * p.num_heads + kv_head * group + gr % group) * D + ch * 8 : 0;
     cp_async16(sq + swz<D>(r, ch), p.q + off, valid);
   }
-  auto load_kv = [&](int kt, int stage) {
+  // One cp.async group per K or V tile, so S = Q K^T can start while V is still in flight.
+  auto load_tile = [&](const bf16* cache, bf16* dst, int kt) {
     for (int c = tid; c < kBc * kChunks; c += C::kThreads) {
       const int r = c / kChunks, ch = c % kChunks, j = kt * kBc + r;
       const bool valid = j < ctx;  // rows past the context are zero-filled: P (=0) * V must not be NaN
       int64_t off = 0;
       if (valid) {
-        const int64_t slot = static_cast<int64_t>(table[j / p.block_size]) * p.block_size + j % p.block_size;
+        // Power-of-two block sizes (the usual case) avoid an integer division per row.
+        const int blk = block_shift >= 0 ? j >> block_shift : j / p.block_size;
+        const int in_blk = block_shift >= 0 ? j & (p.block_size - 1) : j % p.block_size;
+        const int64_t slot = static_cast<int64_t>(table[blk]) * p.block_size + in_blk;
         off = (slot * p.num_kv_heads + kv_head) * D + ch * 8;
       }
-      cp_async16(sk + stage * kBc * D + swz<D>(r, ch), p.k_cache + off, valid);
-      cp_async16(sv + stage * kBc * D + swz<D>(r, ch), p.v_cache + off, valid);
+      cp_async16(dst + swz<D>(r, ch), cache + off, valid);
     }
   };
-  load_kv(kt_begin, 0);
+  load_tile(p.k_cache, sk, kt_begin);
+  cp_async_commit();
+  load_tile(p.v_cache, sv, kt_begin);
   cp_async_commit();
 
   const float scale_log2 = p.scale * 1.4426950408889634f;
   const int g = lane / 4, t = lane % 4;
+  const int row_base = kKeySplit ? 0 : warp * C::kRowsPerWarp;  // this warp's first row in the tile
+  const int key_base = kKeySplit ? warp * C::kKeysPerWarp : 0;   // this warp's first key in a key tile
+  // Byte offsets of this lane's ldmatrix row for each of the 4 chunk phases (k step mod 4). Every row an
+  // ldmatrix lane addresses is lane % 8 modulo 8, so the swizzle term is (chunk ^ (lane & 7)) within a group
+  // of 8 chunks and the rest of the address is a compile-time immediate.
+  const uint32_t sq_u32 = static_cast<uint32_t>(__cvta_generic_to_shared(sq));
+  const uint32_t sk_u32 = static_cast<uint32_t>(__cvta_generic_to_shared(sk));
+  const uint32_t sv_u32 = static_cast<uint32_t>(__cvta_generic_to_shared(sv));
+  uint32_t q_off[4], k_off[4], v_off[4];
+#pragma unroll
+  for (int c = 0; c < 4; ++c) {
+    const int x = lane & 7;
+    q_off[c] = (row_base + lane % 16) * D * 2 + (((c * 2 + lane / 16) ^ x) << 4);
+    k_off[c] = (key_base + (lane / 16) * 8 + lane % 8) * D * 2 + (((c * 2 + (lane / 8) % 2) ^ x) << 4);
+    v_off[c] = (key_base + ((lane / 8) % 2) * 8 + lane % 8) * D * 2 + (((c * 2 + lane / 16) ^ x) << 4);
+  }
   int row_pos[kMTiles][2];  // positions of this thread's rows g and g + 8 of each m tile; -1 = padding
 #pragma unroll
   for (int mt = 0; mt < kMTiles; ++mt)
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
-      const int gr = row0 + warp * C::kRowsPerWarp + mt * 16 + g + 8 * h;
+      const int gr = row0 + row_base + mt * 16 + g + 8 * h;
       row_pos[mt][h] = gr < rows_total ? pos_base + gr / group : -1;
     }
   float o[kMTiles][D / 8][4];
@@ -128,37 +165,40 @@ __global__ void __launch_bounds__(kWarps * 32) flash_attention_kernel(attention_
 
   for (int kt = kt_begin; kt < kt_end; ++kt) {
     const int stage = (kt - kt_begin) & 1;
-    cp_async_wait<0>();
-    __syncthreads();  // tile kt is visible to all; everyone is done with the other stage
-    if (kt + 1 < kt_end) load_kv(kt + 1, stage ^ 1);
+    cp_async_wait<1>();  // K[kt] landed (V[kt] may still be in flight)
+    __syncthreads();     // ... for every thread; and all are done with the other stage
+    if (kt + 1 < kt_end) load_tile(p.k_cache, sk + (stage ^ 1) * kBc * D, kt + 1);
+    cp_async_commit();
+    if (kt + 1 < kt_end) load_tile(p.v_cache, sv + (stage ^ 1) * kBc * D, kt + 1);
     cp_async_commit();
 
-    const bf16* skt = sk + stage * kBc * D;
-    const bf16* svt = sv + stage * kBc * D;
-    float s[kMTiles][kBc / 8][4];
+    float s[kMTiles][kNT][4];
 #pragma unroll
     for (int mt = 0; mt < kMTiles; ++mt)
 #pragma unroll
-      for (int nt = 0; nt < kBc / 8; ++nt)
+      for (int nt = 0; nt < kNT; ++nt)
 #pragma unroll
         for (int e = 0; e < 4; ++e) s[mt][nt][e] = 0.0f;
-#pragma unroll
-    for (int ks = 0; ks < D / 16; ++ks) {
+    const uint32_t k_stage = sk_u32 + stage * kBc * D * 2, v_stage = sv_u32 + stage * kBc * D * 2;
+    static_for<D / 16>([&](auto ks_c) {
+      constexpr int ks = decltype(ks_c)::value;
+      constexpr int kChunkImm = (ks / 4) * 128;  // the swizzle only permutes chunks within groups of 8
       uint32_t qa[kMTiles][4];
-#pragma unroll
-      for (int mt = 0; mt < kMTiles; ++mt)
-        ldmatrix_x4(qa[mt], sq + swz<D>(warp * C::kRowsPerWarp + mt * 16 + lane % 16, ks * 2 + lane / 16));
-#pragma unroll
-      for (int np = 0; np < kBc / 16; ++np) {
+      static_for<kMTiles>([&](auto mt_c) {
+        constexpr int mt = decltype(mt_c)::value;
+        ldmatrix_x4_at<mt * 16 * D * 2 + kChunkImm>(qa[mt], sq_u32 + q_off[ks % 4]);
+      });
+      static_for<kNT / 2>([&](auto np_c) {
+        constexpr int np = decltype(np_c)::value;
         uint32_t kb[4];
-        ldmatrix_x4(kb, skt + swz<D>(np * 16 + (lane / 16) * 8 + lane % 8, ks * 2 + (lane / 8) % 2));
+        ldmatrix_x4_at<np * 16 * D * 2 + kChunkImm>(kb, k_stage + k_off[ks % 4]);
 #pragma unroll
         for (int mt = 0; mt < kMTiles; ++mt) {
           mma_bf16(s[mt][2 * np], qa[mt], kb[0], kb[1]);
           mma_bf16(s[mt][2 * np + 1], qa[mt], kb[2], kb[3]);
         }
-      }
-    }
+      });
+    });
 
     // Masks only where a tile crosses the diagonal, the context end or the window start.
     const bool need_mask = (kt + 1) * kBc - 1 > min_pos || (window > 0 && kt * kBc <= max_pos - window);
@@ -169,12 +209,12 @@ __global__ void __launch_bounds__(kWarps * 32) flash_attention_kernel(attention_
         const int pos = row_pos[mt][h];
         float mx = -INFINITY;
 #pragma unroll
-        for (int nt = 0; nt < kBc / 8; ++nt)
+        for (int nt = 0; nt < kNT; ++nt)
 #pragma unroll
           for (int e = 0; e < 2; ++e) {
             float& v = s[mt][nt][2 * h + e];
             if (need_mask) {
-              const int key = kt * kBc + nt * 8 + 2 * t + e;
+              const int key = kt * kBc + key_base + nt * 8 + 2 * t + e;
               if (key > pos || (window > 0 && key <= pos - window)) v = -INFINITY;
             }
             mx = fmaxf(mx, v);
@@ -183,15 +223,15 @@ __global__ void __launch_bounds__(kWarps * 32) flash_attention_kernel(attention_
         mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
         const float m_new = fmaxf(m[mt][h], mx * scale_log2);
         const float m_use = m_new == -INFINITY ? 0.0f : m_new;  // a row with no key yet stays all-zero
-        const float corr = exp2f(m[mt][h] - m_use);
+        const float corr = fast_exp2(m[mt][h] - m_use);
         m[mt][h] = m_new;
         float sum = 0.0f;
 #pragma unroll
-        for (int nt = 0; nt < kBc / 8; ++nt)
+        for (int nt = 0; nt < kNT; ++nt)
 #pragma unroll
           for (int e = 0; e < 2; ++e) {
             float& v = s[mt][nt][2 * h + e];
-            v = exp2f(v * scale_log2 - m_use);
+            v = fast_exp2(v * scale_log2 - m_use);
             sum += v;
           }
         l[mt][h] = l[mt][h] * corr + sum;
@@ -203,8 +243,10 @@ __global__ void __launch_bounds__(kWarps * 32) flash_attention_kernel(attention_
       }
     }
 
-#pragma unroll
-    for (int kk = 0; kk < kBc / 16; ++kk) {
+    cp_async_wait<2>();  // V[kt] landed (the two groups of tile kt + 1 may be in flight)
+    __syncthreads();
+    static_for<kNT / 2>([&](auto kk_c) {
+      constexpr int kk = decltype(kk_c)::value;
       uint32_t pa[kMTiles][4];
 #pragma unroll
       for (int mt = 0; mt < kMTiles; ++mt) {
@@ -213,27 +255,84 @@ __global__ void __launch_bounds__(kWarps * 32) flash_attention_kernel(attention_
         pa[mt][2] = pack_bf16(s[mt][2 * kk + 1][0], s[mt][2 * kk + 1][1]);
         pa[mt][3] = pack_bf16(s[mt][2 * kk + 1][2], s[mt][2 * kk + 1][3]);
       }
-#pragma unroll
-      for (int dp = 0; dp < D / 16; ++dp) {
+      static_for<D / 16>([&](auto dp_c) {
+        constexpr int dp = decltype(dp_c)::value;
         uint32_t vb[4];
-        ldmatrix_x4_trans(vb, svt + swz<D>(kk * 16 + ((lane / 8) % 2) * 8 + lane % 8, dp * 2 + lane / 16));
+        ldmatrix_x4_trans_at<kk * 16 * D * 2 + (dp / 4) * 128>(vb, v_stage + v_off[dp % 4]);
 #pragma unroll
         for (int mt = 0; mt < kMTiles; ++mt) {
           mma_bf16(o[mt][2 * dp], pa[mt], vb[0], vb[1]);
           mma_bf16(o[mt][2 * dp + 1], pa[mt], vb[2], vb[3]);
         }
-      }
+      });
+    });
+  }
+
+  // Row sums over the quad; with a key split, merge the warps' partial (m, l, O) through shared memory
+  // (the K/V stages are free now) so warp 0 holds the block's result.
+#pragma unroll
+  for (int mt = 0; mt < kMTiles; ++mt)
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      l[mt][h] += __shfl_xor_sync(0xffffffffu, l[mt][h], 1);
+      l[mt][h] += __shfl_xor_sync(0xffffffffu, l[mt][h], 2);
     }
+  if constexpr (kKeySplit) {
+    cp_async_wait<0>();
+    __syncthreads();
+    float* scratch_o = reinterpret_cast<float*>(smem_raw);  // [kWarps, kBr, D]
+    float* scratch_ml = scratch_o + kWarps * kBr * D;       // [kWarps, kBr, 2]
+#pragma unroll
+    for (int mt = 0; mt < kMTiles; ++mt)
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int r = mt * 16 + g + 8 * h;
+        float* dst = scratch_o + (warp * kBr + r) * D + 2 * t;
+#pragma unroll
+        for (int dn = 0; dn < D / 8; ++dn)
+          *reinterpret_cast<float2*>(dst + dn * 8) = make_float2(o[mt][dn][2 * h], o[mt][dn][2 * h + 1]);
+        if (t == 0) {
+          scratch_ml[(warp * kBr + r) * 2] = m[mt][h];
+          scratch_ml[(warp * kBr + r) * 2 + 1] = l[mt][h];
+        }
+      }
+    __syncthreads();
+    if (warp != 0) return;
+#pragma unroll
+    for (int mt = 0; mt < kMTiles; ++mt)
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int r = mt * 16 + g + 8 * h;
+        float mx = -INFINITY;
+#pragma unroll
+        for (int w = 0; w < kWarps; ++w) mx = fmaxf(mx, scratch_ml[(w * kBr + r) * 2]);
+        const float m_use = mx == -INFINITY ? 0.0f : mx;
+        float wt[kWarps], sum = 0.0f;
+#pragma unroll
+        for (int w = 0; w < kWarps; ++w) {
+          wt[w] = fast_exp2(scratch_ml[(w * kBr + r) * 2] - m_use);
+          sum += wt[w] * scratch_ml[(w * kBr + r) * 2 + 1];
+        }
+#pragma unroll
+        for (int dn = 0; dn < D / 8; ++dn)
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            float acc = 0.0f;
+#pragma unroll
+            for (int w = 0; w < kWarps; ++w) acc += wt[w] * scratch_o[(w * kBr + r) * D + dn * 8 + 2 * t + e];
+            o[mt][dn][2 * h + e] = acc;
+          }
+        m[mt][h] = mx;
+        l[mt][h] = sum;
+      }
   }
 
 #pragma unroll
   for (int mt = 0; mt < kMTiles; ++mt) {
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
-      const int gr = row0 + warp * C::kRowsPerWarp + mt * 16 + g + 8 * h;
-      float sum = l[mt][h];
-      sum += __shfl_xor_sync(0xffffffffu, sum, 1);
-      sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+      const int gr = row0 + row_base + mt * 16 + g + 8 * h;
+      const float sum = l[mt][h];
       if (gr >= rows_total) continue;
       const float inv = sum > 0.0f ? 1.0f / sum : 0.0f;
       const int64_t orow = static_cast<int64_t>(q0 + gr / group) * p.num_heads + kv_head * group + gr % group;
@@ -271,10 +370,10 @@ __global__ void merge_splits_kernel(split_views parts, bf16* out, int64_t rows, 
   }
 }
 
-template <int D, int kWarps, int kMTiles>
+template <int D, int kWarps, int kMTiles, bool kKeySplit>
 void launch_flash(const attention_params& p, int num_splits, cudaStream_t stream) {
-  using C = flash_cfg<D, kWarps, kMTiles>;
-  auto kernel = flash_attention_kernel<D, kWarps, kMTiles>;
+  using C = flash_cfg<D, kWarps, kMTiles, kKeySplit>;
+  auto kernel = flash_attention_kernel<D, kWarps, kMTiles, kKeySplit>;
   static bool configured = false;  // the attribute is per function; setting it once per process suffices
   if (!configured) {
     TROUPE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, C::kSmemBytes));
@@ -282,8 +381,9 @@ void launch_flash(const attention_params& p, int num_splits, cudaStream_t stream
   }
   const int group = p.num_heads / p.num_kv_heads;
   const int64_t row_tiles = (static_cast<int64_t>(p.max_q_len) * group + C::kBr - 1) / C::kBr;
+  const int block_shift = (p.block_size & (p.block_size - 1)) == 0 ? __builtin_ctz(p.block_size) : -1;
   const dim3 grid(static_cast<unsigned>(row_tiles), p.num_kv_heads, p.num_seqs * num_splits);
-  kernel<<<grid, C::kThreads, C::kSmemBytes, stream>>>(p, num_splits);
+  kernel<<<grid, C::kThreads, C::kSmemBytes, stream>>>(p, num_splits, block_shift);
   TROUPE_CUDA_CHECK_LAUNCH();
 }
 
@@ -327,11 +427,11 @@ void flash_attention_prefill(const attention_params& p, cudaStream_t stream, int
   if (p.num_tokens == 0) return;
   TROUPE_DISPATCH_HEAD_DIM(p.head_dim, [&] {
     if (warps_per_block == 8) {
-      launch_flash<kHeadDim, 8, 1>(p, 1, stream);
+      launch_flash<kHeadDim, 8, 1, false>(p, 1, stream);
     } else if constexpr (kHeadDim == 256) {
-      launch_flash<kHeadDim, 4, 1>(p, 1, stream);  // 64 rows: the fp32 O of 2 m tiles would not fit registers
+      launch_flash<kHeadDim, 4, 1, false>(p, 1, stream);  // 64 rows: the fp32 O of 2 m tiles would not fit registers
     } else {
-      launch_flash<kHeadDim, 4, 2>(p, 1, stream);
+      launch_flash<kHeadDim, 4, 2, false>(p, 1, stream);
     }
   });
 }
@@ -351,7 +451,7 @@ void flash_attention_decode(const attention_params& p, cudaStream_t stream, int 
     --num_splits;
   }
   TROUPE_DISPATCH_HEAD_DIM(p.head_dim, [&] {
-    launch_flash<kHeadDim, 1, 1>(p, num_splits, stream);
+    launch_flash<kHeadDim, 4, 1, true>(p, num_splits, stream);
     if (num_splits > 1) {
       merge_splits(split_layout(p.workspace, rows, kHeadDim, num_splits), p.out, rows, kHeadDim, num_splits, stream);
     }

@@ -35,13 +35,15 @@ template <int D, int kGroup>
 __global__ void __launch_bounds__(kPagedWarps * 32) paged_decode_kernel(attention_params p, int num_parts) {
   constexpr int kLanes = D / 8;              // lanes covering one key row
   constexpr int kRowsPerStep = 32 / kLanes;  // key rows a warp reads per step
-  constexpr int kUnroll = 4;
+  constexpr int kUnroll = kGroup <= 4 ? 8 : 4;  // 16-byte loads in flight per lane
   constexpr int kStride = kPagedWarps * kRowsPerStep * kUnroll;
   __shared__ float s_p[kGroup][kPagedPartition];  // scores, then probabilities (log2 domain)
   __shared__ float s_acc[kGroup][D];
   __shared__ float s_max[kGroup], s_sum[kGroup];
 
-  const int part = blockIdx.x, kv_head = blockIdx.y, seq = blockIdx.z;
+  // kv heads vary fastest over the grid: the blocks running together read neighbouring 256-byte slices of
+  // the same cache rows, which keeps DRAM pages open.
+  const int kv_head = blockIdx.x, part = blockIdx.y, seq = blockIdx.z;
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
   const int sub = lane / kLanes, li = lane % kLanes;
   const int ctx = p.context_lens[seq];
@@ -184,7 +186,7 @@ void paged_attention_decode(const attention_params& p, cudaStream_t stream) {
                                               p.workspace_floats,
                         "paged_attention_decode needs " << split_floats(rows, p.head_dim, num_parts)
                                                         << " workspace floats, has " << p.workspace_floats);
-  const dim3 grid(num_parts, p.num_kv_heads, p.num_seqs);
+  const dim3 grid(p.num_kv_heads, num_parts, p.num_seqs);
   TROUPE_DISPATCH_HEAD_DIM(p.head_dim, [&] {
     auto launch = [&](auto group_tag) {
       constexpr int kGroup = decltype(group_tag)::value;
