@@ -31,11 +31,39 @@ __device__ __forceinline__ void unpack8(const uint4& v, float (&f)[8]) {
   }
 }
 
+// Sums kG values, each spread over kL lanes, with kG - 1 + log2(kL / kG) shuffles instead of kG * log2(kL):
+// at each halving step a lane keeps one half of its values and sends the other to its partner. On return
+// the lane holds the full sum of group g_out; kL / kG lanes hold each group.
+template <int kG, int kL>
+__device__ __forceinline__ float transpose_reduce(float (&v)[kG], int li, int& g_out) {
+  static_assert(kG <= kL, "more groups than lanes");
+  int g = 0;
+  int offset = kL / 2;
+#pragma unroll
+  for (int n = kG; n > 1; n /= 2) {
+    const bool upper = (li & offset) != 0;
+#pragma unroll
+    for (int i = 0; i < n / 2; ++i) {
+      const float keep = upper ? v[i + n / 2] : v[i];
+      const float send = upper ? v[i] : v[i + n / 2];
+      v[i] = keep + __shfl_xor_sync(0xffffffffu, send, offset);
+    }
+    if (upper) g += n / 2;
+    offset /= 2;
+  }
+  float r = v[0];
+#pragma unroll
+  for (; offset > 0; offset /= 2) r += __shfl_xor_sync(0xffffffffu, r, offset);
+  g_out = g;
+  return r;
+}
+
 template <int D, int kGroup>
-__global__ void __launch_bounds__(kPagedWarps * 32) paged_decode_kernel(attention_params p, int num_parts) {
+__global__ void __launch_bounds__(kPagedWarps * 32) paged_decode_kernel(attention_params p, int num_parts,
+                                                                       int block_shift) {
   constexpr int kLanes = D / 8;              // lanes covering one key row
   constexpr int kRowsPerStep = 32 / kLanes;  // key rows a warp reads per step
-  constexpr int kUnroll = kGroup <= 4 ? 8 : 4;  // 16-byte loads in flight per lane
+  constexpr int kUnroll = 4;  // 16-byte loads in flight per lane (8 cost registers and occupancy: slower)
   constexpr int kStride = kPagedWarps * kRowsPerStep * kUnroll;
   __shared__ float s_p[kGroup][kPagedPartition];  // scores, then probabilities (log2 domain)
   __shared__ float s_acc[kGroup][D];
@@ -73,7 +101,9 @@ __global__ void __launch_bounds__(kPagedWarps * 32) paged_decode_kernel(attentio
   for (int i = tid; i < kGroup * D; i += blockDim.x) (&s_acc[0][0])[i] = 0.0f;
 
   auto offset = [&](int j) {
-    const int64_t slot = static_cast<int64_t>(table[j / p.block_size]) * p.block_size + j % p.block_size;
+    const int blk = block_shift >= 0 ? j >> block_shift : j / p.block_size;
+    const int in_blk = block_shift >= 0 ? j & (p.block_size - 1) : j % p.block_size;
+    const int64_t slot = static_cast<int64_t>(table[blk]) * p.block_size + in_blk;
     return slot * kv_stride + kv_head * D + li * 8;
   };
 
@@ -89,15 +119,16 @@ __global__ void __launch_bounds__(kPagedWarps * 32) paged_decode_kernel(attentio
       const int j = j0 + u * kRowsPerStep + sub;
       float k[8];
       unpack8(kv[u], k);
+      float d[kGroup];
 #pragma unroll
       for (int g = 0; g < kGroup; ++g) {
-        float d = 0.0f;
+        d[g] = 0.0f;
 #pragma unroll
-        for (int e = 0; e < 8; ++e) d += q[g][e] * k[e];
-#pragma unroll
-        for (int o = kLanes / 2; o > 0; o >>= 1) d += __shfl_xor_sync(0xffffffffu, d, o);
-        if (li == 0 && j < end) s_p[g][j - base] = d;
+        for (int e = 0; e < 8; ++e) d[g] += q[g][e] * k[e];
       }
+      int g_sum;
+      const float sum = transpose_reduce<kGroup, kLanes>(d, li, g_sum);
+      if ((li & (kLanes / kGroup - 1)) == 0 && j < end) s_p[g_sum][j - base] = sum;
     }
   }
   __syncthreads();
@@ -187,10 +218,11 @@ void paged_attention_decode(const attention_params& p, cudaStream_t stream) {
                         "paged_attention_decode needs " << split_floats(rows, p.head_dim, num_parts)
                                                         << " workspace floats, has " << p.workspace_floats);
   const dim3 grid(p.num_kv_heads, num_parts, p.num_seqs);
+  const int block_shift = (p.block_size & (p.block_size - 1)) == 0 ? __builtin_ctz(p.block_size) : -1;
   TROUPE_DISPATCH_HEAD_DIM(p.head_dim, [&] {
     auto launch = [&](auto group_tag) {
       constexpr int kGroup = decltype(group_tag)::value;
-      paged_decode_kernel<kHeadDim, kGroup><<<grid, kPagedWarps * 32, 0, stream>>>(p, num_parts);
+      paged_decode_kernel<kHeadDim, kGroup><<<grid, kPagedWarps * 32, 0, stream>>>(p, num_parts, block_shift);
       TROUPE_CUDA_CHECK_LAUNCH();
     };
     switch (group) {
