@@ -106,7 +106,19 @@ class http_session : public std::enable_shared_from_this<http_session<Stream>> {
     } else {
       beast::error_code ignored;
       lowest().socket().shutdown(net::ip::tcp::socket::shutdown_send, ignored);
+      // Lingering close: a client still sending a body we refused (413, 401) would get a reset, and lose
+      // our answer, if we closed with its bytes unread. Drain them for a bounded time first.
+      linger_deadline_ = std::chrono::steady_clock::now() + std::chrono::seconds(2);
+      linger();
     }
+  }
+  void linger() {
+    lowest().expires_at(linger_deadline_);
+    lowest().async_read_some(net::buffer(linger_buf_),
+                             [self = this->shared_from_this()](beast::error_code ec, size_t) {
+                               if (ec) return self->close_now();
+                               self->linger();
+                             });
   }
 
   Stream stream_;
@@ -124,6 +136,8 @@ class http_session : public std::enable_shared_from_this<http_session<Stream>> {
     std::shared_ptr<gateway_state> st;
   };
   std::unique_ptr<flight_token> flight_;
+  std::chrono::steady_clock::time_point linger_deadline_;
+  char linger_buf_[16384];
   std::unique_ptr<response_builder> builder_;
   std::string engine_id_;
   bool gen_active_ = false, gen_stream_ = false, watching_ = false, gone_ = false;
