@@ -54,7 +54,7 @@ TEST(CudaOps, AddRmsNormMatchesReference) {
 TEST(CudaOps, HeadRmsNormNormalizesEachHead) {
   TROUPE_SKIP_WITHOUT_GPU();
   std::mt19937 rng(13);
-  for (int head_dim : {64, 128, 256}) {
+  for (int head_dim : {32, 64, 128, 256}) {
     const int rows = 19, heads = 6, stride = 10 * head_dim;  // q heads inside a wider qkv row
     auto x = random_bf16(rng, static_cast<size_t>(rows) * stride, 3.0f), w = random_bf16(rng, head_dim, 0.2f, 1.0f);
     device_buffer<bf16> d_x(x.dev), d_w(w.dev);
@@ -159,11 +159,24 @@ void check_rope_write_kv(std::mt19937& rng, int head_dim, bool per_row_freq, boo
 TEST(CudaOps, RopeWriteKvMatchesReference) {
   TROUPE_SKIP_WITHOUT_GPU();
   std::mt19937 rng(15);
-  for (int head_dim : {64, 128, 256}) {
+  for (int head_dim : {32, 64, 128, 256}) {
     check_rope_write_kv(rng, head_dim, false, false);
     check_rope_write_kv(rng, head_dim, true, false);
     check_rope_write_kv(rng, head_dim, false, true);
   }
+}
+
+TEST(CudaOps, AddBias) {
+  TROUPE_SKIP_WITHOUT_GPU();
+  std::mt19937 rng(17);
+  const int rows = 13, n = 392;
+  auto y = random_bf16(rng, rows * n), b = random_bf16(rng, n);
+  device_buffer<bf16> d_y(y.dev), d_b(b.dev);
+  kc::add_bias(d_y.get(), d_b.get(), rows, n, nullptr);
+  std::vector<float> ref = y.ref;
+  for (int r = 0; r < rows; ++r)
+    for (int j = 0; j < n; ++j) ref[r * n + j] = round_bf16(ref[r * n + j] + b.ref[j]);
+  expect_close(to_float(d_y.download()), ref, 0, 0, 0, "add_bias");
 }
 
 TEST(CudaOps, GemmMatchesReference) {
@@ -178,6 +191,10 @@ TEST(CudaOps, GemmMatchesReference) {
     std::vector<float> ref(static_cast<size_t>(m) * n);
     kref::matmul_xwt(x.ref.data(), w.ref.data(), nullptr, ref.data(), m, n, k);
     expect_close(to_float(d_y.download()), ref, 2e-2f, 1e-2f, 5e-3, "gemm");
+    device_buffer<float> d_y32(static_cast<size_t>(m) * n);
+    d_y32.poison();
+    gemm.matmul_xwt_f32(d_x.get(), d_w.get(), d_y32.get(), m, n, k, nullptr);
+    expect_close(d_y32.download(), ref, 1e-3f, 1e-3f, 1e-4, "gemm fp32 out");
   }
 }
 

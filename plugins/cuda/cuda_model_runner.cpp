@@ -1,0 +1,394 @@
+#include "plugins/cuda/cuda_model_runner.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+
+#include "core/error.h"
+#include "core/model_layout.h"
+#include "core/safetensors.h"
+#include "kernels/cuda/attention.h"
+#include "kernels/cuda/check.h"
+
+namespace troupe {
+
+namespace kc = kernels::cuda;
+
+namespace {
+
+std::vector<kc::bf16> to_bf16(const std::vector<float>& f) {
+  std::vector<kc::bf16> out(f.size());
+  for (size_t i = 0; i < f.size(); ++i) out[i] = __float2bfloat16(f[i]);
+  return out;
+}
+
+std::vector<float> load_f32(const checkpoint& ckpt, const std::string& name) {
+  const tensor_view& t = ckpt.at(name);
+  std::vector<float> out(static_cast<size_t>(t.numel()));
+  tensor_to_f32(t, out.data());
+  return out;
+}
+
+// Stacks tensors along dim 0, e.g. q, k, v into one [q + 2 kv, hidden] matrix for one GEMM.
+std::vector<float> stack(const checkpoint& ckpt, const std::vector<std::string>& names) {
+  std::vector<float> out;
+  for (const auto& n : names) {
+    auto part = load_f32(ckpt, n);
+    out.insert(out.end(), part.begin(), part.end());
+  }
+  return out;
+}
+
+}  // namespace
+
+template <typename T>
+T* cuda_model_runner::device_alloc(size_t n) {
+  void* p = nullptr;
+  TROUPE_CUDA_CHECK(cudaMalloc(&p, std::max<size_t>(1, n) * sizeof(T)));
+  allocations_.push_back(p);
+  return static_cast<T*>(p);
+}
+
+template <typename T>
+void cuda_model_runner::grow(T*& buf, size_t& cap, size_t n) {
+  if (n <= cap && buf != nullptr) return;
+  // Outside steady state only: a step larger than every step before it. 1.5x so growth is rare.
+  const size_t want = std::max(n, cap + cap / 2);
+  TROUPE_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  if (buf != nullptr) TROUPE_CUDA_CHECK(cudaFree(buf));
+  void* p = nullptr;
+  TROUPE_CUDA_CHECK(cudaMalloc(&p, std::max<size_t>(1, want) * sizeof(T)));
+  buf = static_cast<T*>(p);
+  cap = want;
+}
+
+cuda_model_runner::~cuda_model_runner() {
+  if (stream_ != nullptr) cudaStreamSynchronize(stream_);
+  gemm_.reset();
+  for (void* p : allocations_) cudaFree(p);
+  for (void* p : {static_cast<void*>(ints_), static_cast<void*>(inv_freq_rows_), static_cast<void*>(residual_),
+                  static_cast<void*>(x_), static_cast<void*>(h_), static_cast<void*>(qkv_), static_cast<void*>(attn_),
+                  static_cast<void*>(gu_), static_cast<void*>(act_), static_cast<void*>(sel_),
+                  static_cast<void*>(logits_), static_cast<void*>(workspace_)}) {
+    if (p != nullptr) cudaFree(p);
+  }
+  if (ints_host_ != nullptr) cudaFreeHost(ints_host_);
+  if (stream_ != nullptr) cudaStreamDestroy(stream_);
+}
+
+std::unique_ptr<cuda_model_runner> cuda_model_runner::load(const std::string& model_dir,
+                                                           const cuda_runner_options& opt) {
+  namespace fs = std::filesystem;
+  if (!fs::is_directory(model_dir)) throw error(model_dir + ": not a model directory");
+  if (opt.attention != "flash" && opt.attention != "paged") {
+    throw error("attention '" + opt.attention + "' is not one of: flash, paged");
+  }
+  if (opt.block_size <= 0 || opt.block_size > 1024) {
+    throw error("block_size must be in 1..1024, got " + std::to_string(opt.block_size));
+  }
+  std::unique_ptr<cuda_model_runner> r(new cuda_model_runner());
+  r->opt_ = opt;
+  r->cfg_ = model_config::load((fs::path(model_dir) / "config.json").string());
+  const model_config& c = r->cfg_;
+  {  // Refuse shapes the kernels were not built for now, with every reason at once.
+    std::string why;
+    if (c.head_dim != 32 && c.head_dim != 64 && c.head_dim != 128 && c.head_dim != 256) {
+      why += " head_dim " + std::to_string(c.head_dim) + " is not one of 32, 64, 128, 256;";
+    }
+    const int group = c.num_heads / std::max(1, c.num_kv_heads);
+    if (opt.attention == "paged" && (group & (group - 1)) != 0) {
+      why += " paged attention takes 1, 2, 4 or 8 query heads per kv head, not " + std::to_string(group) + ";";
+    }
+    if (opt.attention == "paged" && group > c.head_dim / 8) {
+      why += " paged attention needs head_dim >= 8 * group;";
+    }
+    if (c.hidden_size % 8 != 0 || c.intermediate_size % 8 != 0) why += " hidden/intermediate sizes must be multiples of 8;";
+    if (!why.empty()) throw error(model_dir + ": the CUDA backend cannot run this model:" + why);
+  }
+  TROUPE_CUDA_CHECK(cudaSetDevice(opt.device));
+  TROUPE_CUDA_CHECK(cudaStreamCreateWithFlags(&r->stream_, cudaStreamNonBlocking));
+  r->gemm_ = std::make_unique<kc::gemm_context>();
+  checkpoint ckpt = checkpoint::open(model_dir);
+  validate_checkpoint(ckpt, c);
+
+  auto upload = [&](const std::vector<float>& host) -> kc::bf16* {
+    if (host.empty()) return nullptr;
+    kc::bf16* d = r->device_alloc<kc::bf16>(host.size());
+    const auto b = to_bf16(host);
+    TROUPE_CUDA_CHECK(cudaMemcpy(d, b.data(), b.size() * sizeof(kc::bf16), cudaMemcpyHostToDevice));
+    return d;
+  };
+  r->embed_ = upload(load_f32(ckpt, "model.embed_tokens.weight"));
+  r->lm_head_ = c.tie_word_embeddings ? r->embed_ : upload(load_f32(ckpt, "lm_head.weight"));
+  r->final_norm_ = upload(load_f32(ckpt, "model.norm.weight"));
+  r->layers_.resize(c.num_layers);
+  for (int i = 0; i < c.num_layers; ++i) {
+    layer& L = r->layers_[i];
+    auto n = [&](const std::string& s) { return layer_tensor(i, s); };
+    L.ln1 = upload(load_f32(ckpt, n("input_layernorm.weight")));
+    L.ln2 = upload(load_f32(ckpt, n("post_attention_layernorm.weight")));
+    L.wqkv = upload(stack(ckpt, {n("self_attn.q_proj.weight"), n("self_attn.k_proj.weight"), n("self_attn.v_proj.weight")}));
+    if (c.attention_bias) {
+      L.bqkv = upload(stack(ckpt, {n("self_attn.q_proj.bias"), n("self_attn.k_proj.bias"), n("self_attn.v_proj.bias")}));
+      if (ckpt.find(n("self_attn.o_proj.bias"))) L.bo = upload(load_f32(ckpt, n("self_attn.o_proj.bias")));
+    }
+    L.wo = upload(load_f32(ckpt, n("self_attn.o_proj.weight")));
+    if (c.qk_norm) {
+      L.q_norm = upload(load_f32(ckpt, n("self_attn.q_norm.weight")));
+      L.k_norm = upload(load_f32(ckpt, n("self_attn.k_norm.weight")));
+    }
+    L.wgu = upload(stack(ckpt, {n("mlp.gate_proj.weight"), n("mlp.up_proj.weight")}));
+    L.wdown = upload(load_f32(ckpt, n("mlp.down_proj.weight")));
+    if (c.mlp_bias) {
+      L.bgu = upload(stack(ckpt, {n("mlp.gate_proj.bias"), n("mlp.up_proj.bias")}));
+      L.bdown = upload(load_f32(ckpt, n("mlp.down_proj.bias")));
+    }
+  }
+  {
+    const auto f = rope_inv_freq(c, 0);
+    r->base_inv_freq_ = r->device_alloc<float>(f.size());
+    TROUPE_CUDA_CHECK(cudaMemcpy(r->base_inv_freq_, f.data(), f.size() * sizeof(float), cudaMemcpyHostToDevice));
+  }
+
+  // KV cache: what is left of gpu_memory_utilization after the weights, less a reserve for step buffers.
+  r->block_size_ = opt.block_size;
+  const size_t block_bytes = 2ull * c.num_layers * opt.block_size * c.kv_size() * sizeof(kc::bf16);
+  int64_t blocks = opt.num_kv_blocks;
+  if (blocks <= 0) {
+    size_t free_b = 0, total_b = 0;
+    TROUPE_CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
+    const double reserve = 512.0 * (1 << 20) + 64.0 * c.vocab_size * sizeof(float) * 256;
+    const double budget = opt.gpu_memory_utilization * total_b - (total_b - free_b) - reserve;
+    blocks = static_cast<int64_t>(std::max(0.0, budget) / block_bytes);
+    if (opt.max_kv_tokens > 0) blocks = std::min<int64_t>(blocks, (opt.max_kv_tokens + opt.block_size - 1) / opt.block_size);
+    if (blocks <= 0) {
+      throw error("gpu_memory_utilization " + std::to_string(opt.gpu_memory_utilization) +
+                  " leaves no room for the KV cache after the weights");
+    }
+  }
+  r->num_blocks_ = static_cast<int32_t>(blocks);
+  const size_t cache = static_cast<size_t>(blocks) * opt.block_size * c.kv_size();
+  for (auto& L : r->layers_) {
+    L.k_cache = r->device_alloc<kc::bf16>(cache);
+    L.v_cache = r->device_alloc<kc::bf16>(cache);
+    // Zeroed once so a (buggy) read of an unwritten slot gives finite values rather than NaN garbage.
+    TROUPE_CUDA_CHECK(cudaMemset(L.k_cache, 0, cache * sizeof(kc::bf16)));
+    TROUPE_CUDA_CHECK(cudaMemset(L.v_cache, 0, cache * sizeof(kc::bf16)));
+  }
+  return r;
+}
+
+void cuda_model_runner::copy_blocks(const int32_t* src, const int32_t* dst, int32_t n) {
+  const size_t block = static_cast<size_t>(block_size_) * cfg_.kv_size();
+  for (auto& L : layers_) {
+    for (int32_t i = 0; i < n; ++i) {
+      TROUPE_CHECK(src[i] >= 0 && src[i] < num_blocks_ && dst[i] >= 0 && dst[i] < num_blocks_) << src[i] << dst[i];
+      TROUPE_CUDA_CHECK(cudaMemcpyAsync(L.k_cache + dst[i] * block, L.k_cache + src[i] * block,
+                                        block * sizeof(kc::bf16), cudaMemcpyDeviceToDevice, stream_));
+      TROUPE_CUDA_CHECK(cudaMemcpyAsync(L.v_cache + dst[i] * block, L.v_cache + src[i] * block,
+                                        block * sizeof(kc::bf16), cudaMemcpyDeviceToDevice, stream_));
+    }
+  }
+}
+
+void cuda_model_runner::reserve_host_blocks(int32_t num_slots) {
+  TROUPE_CHECK_GE(num_slots, 0);
+  num_host_slots_ = num_slots;
+  const size_t n = static_cast<size_t>(num_slots) * block_size_ * cfg_.kv_size();
+  for (auto& L : layers_) {
+    L.k_host.assign(n, __float2bfloat16(0.0f));
+    L.v_host.assign(n, __float2bfloat16(0.0f));
+  }
+}
+
+void cuda_model_runner::swap_out(const int32_t* src, const int32_t* dst, int32_t n) {
+  const size_t block = static_cast<size_t>(block_size_) * cfg_.kv_size();
+  for (auto& L : layers_) {
+    for (int32_t i = 0; i < n; ++i) {
+      TROUPE_CHECK(src[i] >= 0 && src[i] < num_blocks_ && dst[i] >= 0 && dst[i] < num_host_slots_) << src[i] << dst[i];
+      TROUPE_CUDA_CHECK(cudaMemcpyAsync(L.k_host.data() + dst[i] * block, L.k_cache + src[i] * block,
+                                        block * sizeof(kc::bf16), cudaMemcpyDeviceToHost, stream_));
+      TROUPE_CUDA_CHECK(cudaMemcpyAsync(L.v_host.data() + dst[i] * block, L.v_cache + src[i] * block,
+                                        block * sizeof(kc::bf16), cudaMemcpyDeviceToHost, stream_));
+    }
+  }
+  TROUPE_CUDA_CHECK(cudaStreamSynchronize(stream_));  // the caller may reuse the device blocks at once
+}
+
+void cuda_model_runner::swap_in(const int32_t* src, const int32_t* dst, int32_t n) {
+  const size_t block = static_cast<size_t>(block_size_) * cfg_.kv_size();
+  for (auto& L : layers_) {
+    for (int32_t i = 0; i < n; ++i) {
+      TROUPE_CHECK(src[i] >= 0 && src[i] < num_host_slots_ && dst[i] >= 0 && dst[i] < num_blocks_) << src[i] << dst[i];
+      TROUPE_CUDA_CHECK(cudaMemcpyAsync(L.k_cache + dst[i] * block, L.k_host.data() + src[i] * block,
+                                        block * sizeof(kc::bf16), cudaMemcpyHostToDevice, stream_));
+      TROUPE_CUDA_CHECK(cudaMemcpyAsync(L.v_cache + dst[i] * block, L.v_host.data() + src[i] * block,
+                                        block * sizeof(kc::bf16), cudaMemcpyHostToDevice, stream_));
+    }
+  }
+  TROUPE_CUDA_CHECK(cudaStreamSynchronize(stream_));
+}
+
+void cuda_model_runner::forward(const forward_batch& b, float* logits) {
+  const model_config& c = cfg_;
+  const int64_t T = b.num_tokens, H = c.hidden_size, hd = c.head_dim;
+  const int64_t qs = c.q_size(), kvs = c.kv_size(), qkv_w = qs + 2 * kvs;
+  const int64_t inter = c.intermediate_size, V = c.vocab_size, S = b.num_seqs;
+  const float eps = static_cast<float>(c.rms_norm_eps);
+  TROUPE_CHECK_GT(T, 0);
+  TROUPE_CHECK_EQ(b.query_start[S], b.num_tokens);
+  int32_t max_q = 0, max_ctx = 0;
+  for (int64_t s = 0; s < S; ++s) {
+    max_q = std::max(max_q, b.query_start[s + 1] - b.query_start[s]);
+    max_ctx = std::max(max_ctx, b.context_lens[s]);
+  }
+  for (int64_t t = 0; t < T; ++t) {
+    TROUPE_CHECK(b.token_ids[t] >= 0 && b.token_ids[t] < c.vocab_size) << "token" << b.token_ids[t];
+    TROUPE_CHECK(b.slot_mapping[t] < static_cast<int64_t>(num_blocks_) * block_size_) << b.slot_mapping[t];
+  }
+
+  // One upload for the step's integer inputs: [tokens | positions | slots | query_start | context_lens |
+  // block_tables | logits_rows].
+  const int64_t n_logits = b.num_logits;
+  const size_t table_n = static_cast<size_t>(S) * b.max_blocks_per_seq;
+  const size_t n_ints = 3 * T + (S + 1) + S + table_n + n_logits;
+  if (n_ints > ints_host_cap_) {
+    if (ints_host_ != nullptr) TROUPE_CUDA_CHECK(cudaFreeHost(ints_host_));
+    ints_host_cap_ = std::max(n_ints, ints_host_cap_ + ints_host_cap_ / 2);
+    TROUPE_CUDA_CHECK(cudaMallocHost(reinterpret_cast<void**>(&ints_host_), ints_host_cap_ * sizeof(int32_t)));
+  }  // no step is in flight here: forward() returns only after its stream drained
+  grow(ints_, ints_cap_, n_ints);
+  int32_t* hp = ints_host_;
+  auto put = [&](const int32_t* src, size_t n) {
+    int32_t* at = hp;
+    if (n > 0) std::memcpy(hp, src, n * sizeof(int32_t));
+    hp += n;
+    return ints_ + (at - ints_host_);
+  };
+  const int32_t* d_tokens = put(b.token_ids, T);
+  const int32_t* d_pos = put(b.positions, T);
+  const int32_t* d_slots = put(b.slot_mapping, T);
+  const int32_t* d_qs = put(b.query_start, S + 1);
+  const int32_t* d_ctx = put(b.context_lens, S);
+  const int32_t* d_tables = put(b.block_tables, table_n);
+  const int32_t* d_rows = put(b.logits_rows, n_logits);
+  TROUPE_CUDA_CHECK(
+      cudaMemcpyAsync(ints_, ints_host_, n_ints * sizeof(int32_t), cudaMemcpyHostToDevice, stream_));
+
+  // RoPE frequencies: shared, except dynamic NTK whose base depends on the sequence length (see
+  // forward_batch::prompt_lens); computed here exactly as the CPU runner does, then uploaded.
+  const float* inv_freq = base_inv_freq_;
+  int64_t inv_stride = 0;
+  if (c.rope.type == rope_type::dynamic) {
+    std::vector<float> rows(T * (hd / 2));
+    int64_t cached_len = -1;
+    std::vector<float> f;
+    for (int64_t s = 0; s < S; ++s) {
+      const int64_t floor_len = b.prompt_lens ? b.prompt_lens[s] : b.context_lens[s];
+      for (int32_t t = b.query_start[s]; t < b.query_start[s + 1]; ++t) {
+        const int64_t len = std::max<int64_t>(b.positions[t] + 1, floor_len);
+        if (len != cached_len) {
+          f = rope_inv_freq(c, len);
+          cached_len = len;
+        }
+        std::copy(f.begin(), f.end(), rows.begin() + t * (hd / 2));
+      }
+    }
+    grow(inv_freq_rows_, inv_freq_rows_cap_, rows.size());
+    TROUPE_CUDA_CHECK(cudaMemcpyAsync(inv_freq_rows_, rows.data(), rows.size() * sizeof(float),
+                                      cudaMemcpyHostToDevice, stream_));
+    TROUPE_CUDA_CHECK(cudaStreamSynchronize(stream_));  // rows is a local vector
+    inv_freq = inv_freq_rows_;
+    inv_stride = hd / 2;
+  }
+
+  grow(residual_, residual_cap_, T * H);
+  grow(x_, x_cap_, T * H);
+  grow(h_, h_cap_, T * H);
+  grow(qkv_, qkv_cap_, T * qkv_w);
+  grow(attn_, attn_cap_, T * qs);
+  grow(gu_, gu_cap_, T * 2 * inter);
+  grow(act_, act_cap_, T * inter);
+  const size_t ws_need = kc::attention_workspace_floats(static_cast<int32_t>(T), c.num_heads, c.head_dim, max_ctx);
+  grow(workspace_, workspace_cap_, ws_need);
+
+  kc::attention_params ap{};
+  ap.q = qkv_;
+  ap.q_stride = static_cast<int32_t>(qkv_w);
+  ap.out = attn_;
+  ap.query_start = d_qs;
+  ap.context_lens = d_ctx;
+  ap.block_tables = d_tables;
+  ap.workspace = workspace_;
+  ap.workspace_floats = workspace_cap_;
+  ap.num_seqs = static_cast<int32_t>(S);
+  ap.num_tokens = static_cast<int32_t>(T);
+  ap.max_q_len = max_q;
+  ap.max_context_len = max_ctx;
+  ap.max_blocks_per_seq = b.max_blocks_per_seq;
+  ap.num_heads = c.num_heads;
+  ap.num_kv_heads = c.num_kv_heads;
+  ap.head_dim = c.head_dim;
+  ap.block_size = block_size_;
+  ap.scale = 1.0f / std::sqrt(static_cast<float>(hd));
+  ap.sliding_window = c.sliding_window ? *c.sliding_window : 0;
+  const bool paged_decode = opt_.attention == "paged" && max_q == 1;
+
+  kc::embedding(d_tokens, embed_, residual_, T, H, stream_);
+  for (int32_t l = 0; l < c.num_layers; ++l) {
+    layer& L = layers_[l];
+    kc::add_rms_norm(residual_, l == 0 ? nullptr : x_, L.ln1, h_, T, H, eps, stream_);
+    gemm_->matmul_xwt(h_, L.wqkv, qkv_, T, qkv_w, H, stream_);
+    if (L.bqkv != nullptr) kc::add_bias(qkv_, L.bqkv, T, qkv_w, stream_);
+    kc::rope_write_kv_params rp{};
+    rp.qkv = qkv_;
+    rp.positions = d_pos;
+    rp.inv_freq = inv_freq;
+    rp.inv_freq_stride = inv_stride;
+    rp.slot_mapping = d_slots;
+    rp.k_cache = L.k_cache;
+    rp.v_cache = L.v_cache;
+    rp.q_norm_w = L.q_norm;
+    rp.k_norm_w = L.k_norm;
+    rp.rows = T;
+    rp.num_heads = c.num_heads;
+    rp.num_kv_heads = c.num_kv_heads;
+    rp.head_dim = c.head_dim;
+    rp.norm_eps = eps;
+    kc::rope_write_kv(rp, stream_);
+
+    ap.k_cache = L.k_cache;
+    ap.v_cache = L.v_cache;
+    if (paged_decode) {
+      kc::paged_attention_decode(ap, stream_);
+    } else {
+      kc::flash_attention(ap, stream_);
+    }
+    gemm_->matmul_xwt(attn_, L.wo, x_, T, H, qs, stream_);
+    if (L.bo != nullptr) kc::add_bias(x_, L.bo, T, H, stream_);
+    kc::add_rms_norm(residual_, x_, L.ln2, h_, T, H, eps, stream_);
+    gemm_->matmul_xwt(h_, L.wgu, gu_, T, 2 * inter, H, stream_);
+    if (L.bgu != nullptr) kc::add_bias(gu_, L.bgu, T, 2 * inter, stream_);
+    kc::silu_mul(gu_, act_, T, inter, stream_);
+    gemm_->matmul_xwt(act_, L.wdown, x_, T, H, inter, stream_);
+    if (L.bdown != nullptr) kc::add_bias(x_, L.bdown, T, H, stream_);
+  }
+
+  if (n_logits == 0) {
+    TROUPE_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    return;
+  }
+  for (int64_t i = 0; i < n_logits; ++i) TROUPE_CHECK(b.logits_rows[i] >= 0 && b.logits_rows[i] < T) << b.logits_rows[i];
+  // Final residual add + norm over every row (cheap next to the LM head), then only the wanted rows go
+  // through the LM head: an embedding gather is exactly a row gather.
+  kc::add_rms_norm(residual_, x_, final_norm_, h_, T, H, eps, stream_);
+  grow(sel_, sel_cap_, n_logits * H);
+  grow(logits_, logits_cap_, n_logits * V);
+  kc::embedding(d_rows, h_, sel_, n_logits, H, stream_);
+  gemm_->matmul_xwt_f32(sel_, lm_head_, logits_, n_logits, V, H, stream_);
+  TROUPE_CUDA_CHECK(cudaMemcpyAsync(logits, logits_, n_logits * V * sizeof(float), cudaMemcpyDeviceToHost, stream_));
+  TROUPE_CUDA_CHECK(cudaStreamSynchronize(stream_));
+}
+
+}  // namespace troupe

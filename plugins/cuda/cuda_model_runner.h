@@ -1,0 +1,105 @@
+// The CUDA backend: the forward pass of kernels/cuda over bf16 weights uploaded once, a bf16 paged KV cache
+// ([num_blocks, block_size, num_kv_heads, head_dim] per layer, the CPU runner's layout) sized from
+// gpu_memory_utilization, and persistent step buffers that grow only when a step is larger than any
+// before it. The attention plugin is chosen at load: "flash" (tensor-core prefill, split-K decode) or
+// "paged" (CUDA-core PagedAttention decode; flash prefill for steps with prompt chunks).
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/model_config.h"
+#include "core/plugin_api/model_runner.h"
+#include "kernels/cuda/ops.h"
+
+namespace troupe {
+
+struct cuda_runner_options {
+  int32_t block_size = 16;
+  int32_t num_kv_blocks = 0;            // 0: size the cache from gpu_memory_utilization
+  double gpu_memory_utilization = 0.9;  // share of the device's memory this process may hold in total
+  int64_t max_kv_tokens = 0;            // when > 0, caps the cache sized from memory
+  std::string attention = "flash";      // "flash" or "paged"
+  int device = 0;
+};
+
+class cuda_model_runner final : public model_runner {
+ public:
+  // Reads config.json and the safetensors from model_dir, validates, uploads bf16 weights with q/k/v and
+  // gate/up merged. Throws troupe::error on a bad checkpoint or an unsupported shape (with the reason).
+  static std::unique_ptr<cuda_model_runner> load(const std::string& model_dir, const cuda_runner_options& opt);
+  ~cuda_model_runner() override;
+
+  const model_config& config() const override { return cfg_; }
+  int32_t block_size() const override { return block_size_; }
+  int32_t num_kv_blocks() const override { return num_blocks_; }
+  void forward(const forward_batch& batch, float* logits) override;
+  void copy_blocks(const int32_t* src, const int32_t* dst, int32_t n) override;
+  void reserve_host_blocks(int32_t num_slots) override;
+  void swap_out(const int32_t* src, const int32_t* dst, int32_t n) override;
+  void swap_in(const int32_t* src, const int32_t* dst, int32_t n) override;
+
+ private:
+  using bf16 = kernels::cuda::bf16;
+  // A device allocation owned by the runner; every one is freed in the destructor.
+  template <typename T>
+  T* device_alloc(size_t n);
+  template <typename T>
+  void grow(T*& buf, size_t& cap, size_t n);  // reallocates only when n exceeds the capacity
+
+  struct layer {
+    bf16 *ln1 = nullptr, *ln2 = nullptr;          // [hidden]
+    bf16 *wqkv = nullptr, *bqkv = nullptr;        // [q + 2 kv, hidden], [q + 2 kv] or null
+    bf16 *wo = nullptr, *bo = nullptr;            // [hidden, q], [hidden] or null
+    bf16 *q_norm = nullptr, *k_norm = nullptr;    // [head_dim] or null (Qwen3)
+    bf16 *wgu = nullptr, *bgu = nullptr;          // [2 * inter, hidden]: gate rows then up rows
+    bf16 *wdown = nullptr, *bdown = nullptr;      // [hidden, inter]
+    bf16 *k_cache = nullptr, *v_cache = nullptr;  // [num_blocks, block_size, num_kv_heads, head_dim]
+    std::vector<bf16> k_host, v_host;             // [num_host_slots, block_size, nkv, head_dim] swap space
+  };
+
+  cuda_model_runner() = default;
+
+  model_config cfg_;
+  cuda_runner_options opt_;
+  int32_t block_size_ = 16;
+  int32_t num_blocks_ = 0;
+  int32_t num_host_slots_ = 0;
+  cudaStream_t stream_ = nullptr;
+  std::unique_ptr<kernels::cuda::gemm_context> gemm_;
+  std::vector<void*> allocations_;
+  bf16* embed_ = nullptr;       // [vocab, hidden]
+  bf16* lm_head_ = nullptr;     // [vocab, hidden]; embed_ when tied
+  bf16* final_norm_ = nullptr;  // [hidden]
+  std::vector<layer> layers_;
+  float* base_inv_freq_ = nullptr;  // [head_dim / 2]
+
+  // Step buffers (capacity in elements next to each).
+  int32_t* ints_ = nullptr;  // the step's integer inputs, one upload per step
+  size_t ints_cap_ = 0;
+  int32_t* ints_host_ = nullptr;  // pinned staging for ints_
+  size_t ints_host_cap_ = 0;
+  float* inv_freq_rows_ = nullptr;  // [num_tokens, head_dim / 2] (dynamic NTK only)
+  size_t inv_freq_rows_cap_ = 0;
+  bf16 *residual_ = nullptr, *x_ = nullptr, *h_ = nullptr;  // [num_tokens, hidden] each
+  size_t residual_cap_ = 0, x_cap_ = 0, h_cap_ = 0;
+  bf16* qkv_ = nullptr;  // [num_tokens, q + 2 kv]
+  size_t qkv_cap_ = 0;
+  bf16* attn_ = nullptr;  // [num_tokens, q]
+  size_t attn_cap_ = 0;
+  bf16* gu_ = nullptr;  // [num_tokens, 2 * inter]
+  size_t gu_cap_ = 0;
+  bf16* act_ = nullptr;  // [num_tokens, inter]
+  size_t act_cap_ = 0;
+  bf16* sel_ = nullptr;  // [num_logits, hidden]
+  size_t sel_cap_ = 0;
+  float* logits_ = nullptr;  // [num_logits, vocab]
+  size_t logits_cap_ = 0;
+  float* workspace_ = nullptr;  // split-K attention partials
+  size_t workspace_cap_ = 0;
+};
+
+}  // namespace troupe
