@@ -16,7 +16,7 @@
 namespace troupe::kernels::cuda {
 
 struct attention_params {
-  const __nv_bfloat16* q;        // [num_tokens, num_heads, head_dim]
+  const __nv_bfloat16* q;        // [num_tokens, q_stride]: heads [0, num_heads) of head_dim at the row start
   const __nv_bfloat16* k_cache;  // [num_blocks, block_size, num_kv_heads, head_dim]
   const __nv_bfloat16* v_cache;  // [num_blocks, block_size, num_kv_heads, head_dim]
   __nv_bfloat16* out;            // [num_tokens, num_heads, head_dim]
@@ -32,7 +32,9 @@ struct attention_params {
   int32_t max_blocks_per_seq = 0;
   int32_t num_heads = 0;
   int32_t num_kv_heads = 0;      // divides num_heads
-  int32_t head_dim = 0;          // 64, 128 or 256
+  int32_t head_dim = 0;          // 32, 64, 128 or 256
+  int32_t q_stride = 0;          // elements between tokens' q rows; 0 = num_heads * head_dim (q inside the
+                                 // merged qkv projection output has a longer stride)
   int32_t block_size = 0;
   float scale = 1.0f;
   int32_t sliding_window = 0;    // 0 = full causal; else a query at p sees keys in (p - window, p]
@@ -46,7 +48,8 @@ constexpr int kFlashMaxSplits = 64;
 size_t attention_workspace_floats(int32_t num_tokens, int32_t num_heads, int32_t head_dim, int32_t max_context_len);
 
 // Prefill/mixed batches: tiles of 128 packed query rows, no split. warps_per_block picks the tiling: 4 warps
-// of 2 m tiles each (fewer shared-memory reads per MMA), 8 warps of 1 (fewer registers); 0 = the default.
+// of 2 m tiles each (fewer shared-memory reads per MMA, but 255 registers), 8 warps of 1 (2 blocks per
+// SM); 0 = the default (8, or 4 x 1 m tile at head_dim 256).
 void flash_attention_prefill(const attention_params& p, cudaStream_t stream, int warps_per_block = 0);
 // Short query runs (decode; any q_len works): 16-row tiles, keys split over blocks to fill the GPU.
 // num_splits 0 = choose from the shapes.

@@ -50,6 +50,10 @@ namespace troupe::kernels::cuda {
 #define TROUPE_DISPATCH_HEAD_DIM(head_dim, ...)                                                       \
   [&] {                                                                                               \
     switch (head_dim) {                                                                               \
+      case 32: {                                                                                      \
+        constexpr int kHeadDim = 32;                                                                  \
+        return __VA_ARGS__();                                                                         \
+      }                                                                                               \
       case 64: {                                                                                      \
         constexpr int kHeadDim = 64;                                                                  \
         return __VA_ARGS__();                                                                         \
@@ -63,6 +67,6 @@ namespace troupe::kernels::cuda {
         return __VA_ARGS__();                                                                         \
       }                                                                                               \
       default:                                                                                        \
-        TROUPE_KERNEL_REQUIRE(false, "head_dim " << (head_dim) << " is not supported (64, 128, 256)"); \
+        TROUPE_KERNEL_REQUIRE(false, "head_dim " << (head_dim) << " is not supported (32, 64, 128, 256)"); \
     }                                                                                                 \
   }()

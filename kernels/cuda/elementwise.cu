@@ -125,15 +125,18 @@ __global__ void silu_mul_kernel(const bf16x8* gate_up, bf16x8* out, int64_t rows
 }
 
 // One warp per (row, head) over the q, k and v heads of the merged qkv row. Lane l owns the rotation pairs
-// (i, i + half) for i in [l * kPairs, (l + 1) * kPairs), so each lane holds both halves it rotates.
+// (i, i + half) for i in [l * kPairs, (l + 1) * kPairs), so each lane holds both halves it rotates; at
+// head_dim 32 only 16 lanes have a pair.
 template <int kHeadDim>
 __global__ void rope_write_kv_kernel(rope_write_kv_params p) {
   constexpr int kHalf = kHeadDim / 2;
-  constexpr int kPairs = kHalf / 32;
+  constexpr int kLanesUsed = kHalf < 32 ? kHalf : 32;
+  constexpr int kPairs = kHalf / kLanesUsed;
   const int total_heads = p.num_heads + 2 * p.num_kv_heads;
   const int64_t item = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
   const int lane = threadIdx.x % 32;
   if (item >= p.rows * total_heads) return;
+  const bool active = lane < kLanesUsed;
   const int64_t r = item / total_heads;
   const int h = static_cast<int>(item % total_heads);
   bf16* v = p.qkv + r * total_heads * kHeadDim + static_cast<int64_t>(h) * kHeadDim;
@@ -141,9 +144,9 @@ __global__ void rope_write_kv_kernel(rope_write_kv_params p) {
   const bool is_v = h >= p.num_heads + p.num_kv_heads;
   const int kv_head = is_v ? h - p.num_heads - p.num_kv_heads : h - p.num_heads;
   const int64_t cache_off = (static_cast<int64_t>(slot) * p.num_kv_heads + kv_head) * kHeadDim;
-  const int i0 = lane * kPairs;
+  const int i0 = active ? lane * kPairs : 0;
   if (is_v) {  // v: copied to the cache unchanged
-    if (slot < 0) return;
+    if (slot < 0 || !active) return;
 #pragma unroll
     for (int j = 0; j < kPairs; ++j) {
       p.v_cache[cache_off + i0 + j] = v[i0 + j];
@@ -158,7 +161,7 @@ __global__ void rope_write_kv_kernel(rope_write_kv_params p) {
   for (int j = 0; j < kPairs; ++j) {
     a[j] = __bfloat162float(v[i0 + j]);
     b[j] = __bfloat162float(v[kHalf + i0 + j]);
-    ss += a[j] * a[j] + b[j] * b[j];
+    if (active) ss += a[j] * a[j] + b[j] * b[j];
   }
   const bf16* norm_w = is_q ? p.q_norm_w : p.k_norm_w;
   if (norm_w != nullptr) {
@@ -170,6 +173,7 @@ __global__ void rope_write_kv_kernel(rope_write_kv_params p) {
       b[j] = __bfloat162float(__float2bfloat16(__bfloat162float(norm_w[kHalf + i0 + j]) * (b[j] * inv)));
     }
   }
+  if (!active) return;
   const float pos = static_cast<float>(p.positions[r]);
   const float* f = p.inv_freq + r * p.inv_freq_stride;
 #pragma unroll
@@ -184,6 +188,20 @@ __global__ void rope_write_kv_kernel(rope_write_kv_params p) {
       p.k_cache[cache_off + i0 + j] = ra;
       p.k_cache[cache_off + kHalf + i0 + j] = rb;
     }
+  }
+}
+
+// y[r, :] += bias, 8 columns per thread.
+__global__ void add_bias_kernel(bf16x8* y, const bf16x8* bias, int64_t rows, int64_t vecs_per_row) {
+  const int64_t total = rows * vecs_per_row;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    float a[8], b[8];
+    to_float8(y[i], a);
+    to_float8(bias[i % vecs_per_row], b);
+#pragma unroll
+    for (int j = 0; j < 8; ++j) a[j] += b[j];
+    y[i] = from_float8(a);
   }
 }
 
@@ -242,6 +260,16 @@ void fill_random_normal(bf16* x, int64_t n, uint64_t seed, float mean, float std
   if (n == 0) return;
   const int64_t blocks = std::min<int64_t>((n + 255) / 256, 132 * 32);
   fill_random_normal_kernel<<<static_cast<unsigned>(blocks), 256, 0, stream>>>(x, n, seed, mean, stddev);
+  TROUPE_CUDA_CHECK_LAUNCH();
+}
+
+void add_bias(bf16* y, const bf16* bias, int64_t rows, int64_t n, cudaStream_t stream) {
+  TROUPE_KERNEL_REQUIRE(n % 8 == 0, "add_bias: n " << n << " is not a multiple of 8");
+  const int64_t total = rows * n / 8;
+  if (total == 0) return;
+  const int64_t blocks = std::min<int64_t>((total + 255) / 256, 132 * 32);
+  add_bias_kernel<<<static_cast<unsigned>(blocks), 256, 0, stream>>>(
+      reinterpret_cast<bf16x8*>(y), reinterpret_cast<const bf16x8*>(bias), rows, n / 8);
   TROUPE_CUDA_CHECK_LAUNCH();
 }
 

@@ -41,9 +41,12 @@ struct flash_cfg {
 };
 
 // Element offset of (row, 16-byte chunk) in a swizzled [rows, D] bf16 tile.
+// Rows of fewer than 8 chunks (head_dim 32) swizzle within their 4 chunks.
+template <int D>
+constexpr int kSwizzleMask = (D / 8 < 8 ? D / 8 : 8) - 1;
 template <int D>
 __device__ __forceinline__ int swz(int row, int chunk) {
-  return row * D + ((chunk ^ (row & 7)) << 3);
+  return row * D + ((chunk ^ (row & kSwizzleMask<D>)) << 3);
 }
 
 // 2^x; inputs here are <= 0 or -inf, where the approximate unit is exact enough (rel. error ~2^-22).
@@ -96,12 +99,13 @@ __global__ void __launch_bounds__(kWarps * 32, kWarps == 8 && D <= 128 ? 2 : 1) 
     return;
   }
   const int32_t* table = p.block_tables + static_cast<int64_t>(seq) * p.max_blocks_per_seq;
+  const int64_t q_stride = p.q_stride > 0 ? p.q_stride : static_cast<int64_t>(p.num_heads) * D;
 
   for (int c = tid; c < kBr * kChunks; c += C::kThreads) {
     const int r = c / kChunks, ch = c % kChunks, gr = row0 + r;
     const bool valid = gr < rows_total;
     const int64_t off =
-        valid ? (static_cast<int64_t>(q0 + gr / group) * p.num_heads + kv_head * group + gr % group) * D + ch * 8 : 0;
+        valid ? static_cast<int64_t>(q0 + gr / group) * q_stride + (kv_head * group + gr % group) * D + ch * 8 : 0;
     cp_async16(sq + swz<D>(r, ch), p.q + off, valid);
   }
   // One cp.async group per K or V tile, so S = Q K^T can start while V is still in flight.
@@ -138,7 +142,7 @@ __global__ void __launch_bounds__(kWarps * 32, kWarps == 8 && D <= 128 ? 2 : 1) 
   uint32_t q_off[4], k_off[4], v_off[4];
 #pragma unroll
   for (int c = 0; c < 4; ++c) {
-    const int x = lane & 7;
+    const int x = lane & kSwizzleMask<D>;
     q_off[c] = (row_base + lane % 16) * D * 2 + (((c * 2 + lane / 16) ^ x) << 4);
     k_off[c] = (key_base + (lane / 16) * 8 + lane % 8) * D * 2 + (((c * 2 + (lane / 8) % 2) ^ x) << 4);
     v_off[c] = (key_base + ((lane / 8) % 2) * 8 + lane % 8) * D * 2 + (((c * 2 + lane / 16) ^ x) << 4);
@@ -426,10 +430,12 @@ void flash_attention_prefill(const attention_params& p, cudaStream_t stream, int
                         "flash prefill: warps_per_block " << warps_per_block << " not in {0, 4, 8}");
   if (p.num_tokens == 0) return;
   TROUPE_DISPATCH_HEAD_DIM(p.head_dim, [&] {
-    if (warps_per_block == 8) {
+    // 8 warps x 16 rows measured fastest at head_dim 128 (v2: 208 vs 182 TFLOP/s); at 256 its fp32 O
+    // needs the whole register file, so the default there is 4 warps x 16 rows.
+    if (warps_per_block == 8 || (warps_per_block == 0 && kHeadDim != 256)) {
       launch_flash<kHeadDim, 8, 1, false>(p, 1, stream);
     } else if constexpr (kHeadDim == 256) {
-      launch_flash<kHeadDim, 4, 1, false>(p, 1, stream);  // 64 rows: the fp32 O of 2 m tiles would not fit registers
+      launch_flash<kHeadDim, 4, 1, false>(p, 1, stream);
     } else {
       launch_flash<kHeadDim, 4, 2, false>(p, 1, stream);
     }

@@ -19,6 +19,16 @@ gemm_context::~gemm_context() {
 
 void gemm_context::matmul_xwt(const bf16* x, const bf16* w, bf16* y, int64_t m, int64_t n, int64_t k,
                               cudaStream_t stream) {
+  run(x, w, y, false, m, n, k, stream);
+}
+
+void gemm_context::matmul_xwt_f32(const bf16* x, const bf16* w, float* y, int64_t m, int64_t n, int64_t k,
+                                  cudaStream_t stream) {
+  run(x, w, y, true, m, n, k, stream);
+}
+
+void gemm_context::run(const bf16* x, const bf16* w, void* y, bool f32_out, int64_t m, int64_t n, int64_t k,
+                       cudaStream_t stream) {
   if (m == 0 || n == 0) return;
   cublasLtMatmulDesc_t op = nullptr;
   cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
@@ -30,7 +40,7 @@ void gemm_context::matmul_xwt(const bf16* x, const bf16* w, bf16* y, int64_t m, 
   // Column-major views: w is [k, n] (ld k), x is [k, m] (ld k), y is [n, m] (ld n).
   TROUPE_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&a, CUDA_R_16BF, k, n, k));
   TROUPE_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&b, CUDA_R_16BF, k, m, k));
-  TROUPE_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&c, CUDA_R_16BF, n, m, n));
+  TROUPE_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&c, f32_out ? CUDA_R_32F : CUDA_R_16BF, n, m, n));
   TROUPE_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
   const size_t ws = kWorkspaceBytes;
   TROUPE_CUBLAS_CHECK(

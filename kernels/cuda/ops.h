@@ -33,6 +33,11 @@ void head_rms_norm(bf16* x,          // [rows, row_stride]: heads [0, num_heads)
                    int64_t rows, int64_t row_stride, int64_t num_heads, int64_t head_dim, float eps,
                    cudaStream_t stream);
 
+// y[r, :] += bias (the q/k/v biases of Qwen2, optional MLP/o_proj biases)
+void add_bias(bf16* y,           // [rows, n]
+              const bf16* bias,  // [n]
+              int64_t rows, int64_t n, cudaStream_t stream);
+
 // out[r, i] = silu(gate_up[r, i]) * gate_up[r, inter + i]
 void silu_mul(const bf16* gate_up,  // [rows, 2 * inter]
               bf16* out,            // [rows, inter]
@@ -78,8 +83,14 @@ class gemm_context {
                   const bf16* w,  // [n, k]
                   bf16* y,        // [m, n]
                   int64_t m, int64_t n, int64_t k, cudaStream_t stream);
+  // Same with fp32 output (the LM head: logits leave the GPU in fp32).
+  void matmul_xwt_f32(const bf16* x,  // [m, k]
+                      const bf16* w,  // [n, k]
+                      float* y,       // [m, n]
+                      int64_t m, int64_t n, int64_t k, cudaStream_t stream);
 
  private:
+  void run(const bf16* x, const bf16* w, void* y, bool f32_out, int64_t m, int64_t n, int64_t k, cudaStream_t stream);
   cublasLtHandle_t handle_ = nullptr;
   void* workspace_ = nullptr;  // [kWorkspaceBytes]
   static constexpr size_t kWorkspaceBytes = 32u << 20;

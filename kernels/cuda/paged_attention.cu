@@ -94,7 +94,8 @@ __global__ void __launch_bounds__(kPagedWarps * 32) paged_decode_kernel(attentio
   const float scale_log2 = p.scale * 1.4426950408889634f;
 #pragma unroll
   for (int g = 0; g < kGroup; ++g) {
-    unpack8(*reinterpret_cast<const uint4*>(p.q + (orow0 + g) * D + li * 8), q[g]);
+    const int64_t q_stride = p.q_stride > 0 ? p.q_stride : static_cast<int64_t>(p.num_heads) * D;
+    unpack8(*reinterpret_cast<const uint4*>(p.q + token * q_stride + (kv_head * kGroup + g) * D + li * 8), q[g]);
 #pragma unroll
     for (int e = 0; e < 8; ++e) q[g][e] *= scale_log2;
   }
@@ -222,8 +223,12 @@ void paged_attention_decode(const attention_params& p, cudaStream_t stream) {
   TROUPE_DISPATCH_HEAD_DIM(p.head_dim, [&] {
     auto launch = [&](auto group_tag) {
       constexpr int kGroup = decltype(group_tag)::value;
-      paged_decode_kernel<kHeadDim, kGroup><<<grid, kPagedWarps * 32, 0, stream>>>(p, num_parts, block_shift);
-      TROUPE_CUDA_CHECK_LAUNCH();
+      if constexpr (kGroup <= kHeadDim / 8) {  // the shuffle reduction spreads groups over a row's lanes
+        paged_decode_kernel<kHeadDim, kGroup><<<grid, kPagedWarps * 32, 0, stream>>>(p, num_parts, block_shift);
+        TROUPE_CUDA_CHECK_LAUNCH();
+      } else {
+        TROUPE_KERNEL_REQUIRE(false, "paged attention: group " << kGroup << " needs head_dim >= " << 8 * kGroup);
+      }
     };
     switch (group) {
       case 1: launch(std::integral_constant<int, 1>{}); break;
