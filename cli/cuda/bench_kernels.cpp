@@ -128,8 +128,8 @@ int run(const std::vector<std::string>& args) {
     auto* a = device_alloc<char>(bytes);
     auto* b = device_alloc<char>(bytes);
     TROUPE_CUDA_CHECK(cudaMemset(a, 1, bytes));
-    const double ms = median_ms([&] { TROUPE_CUDA_CHECK(cudaMemcpyAsync(b, a, bytes, cudaMemcpyDeviceToDevice)); }, 3,
-                                iters);
+    const double ms = median_ms(
+        [&] { TROUPE_CUDA_CHECK(cudaMemcpyAsync(b, a, bytes, cudaMemcpyDeviceToDevice)); }, 3, iters);
     figs.push_back({"copy_bandwidth", "TB/s", 2.0 * bytes / (ms * 1e-3) / 1e12, ms, 0});
     cudaFree(a);
     cudaFree(b);
@@ -149,7 +149,8 @@ int run(const std::vector<std::string>& args) {
     cudaFree(w);
     cudaFree(y);
   }
-  {  // Prefill: causal, B4 H32 S4096 D128 (MHA, as the SDPA peer); causal FLOPs = half of 4 * S^2 * D per head.
+  {  // Prefill: causal, B4 H32 S4096 D128 (MHA, as the SDPA peer); causal FLOPs = half of 4 * S^2 * D per
+     // head.
     attention_setup s(4, 4096, 4096, 32, 32, 128, 10);
     const double flops = 4.0 * 4 * 32 * 4096.0 * 4096.0 * 128 / 2;
     for (int warps : {4, 8}) {
@@ -177,10 +178,12 @@ int run(const std::vector<std::string>& args) {
     const double bytes = 2.0 * 32768 * 8 * 128 * 2;
     for (int which = 0; which < 2; ++which) {
       const double ms = median_ms(
-          [&] { which == 0 ? kc::paged_attention_decode(s.p, nullptr) : kc::flash_attention_decode(s.p, nullptr); },
+          [&] {
+            which == 0 ? kc::paged_attention_decode(s.p, nullptr) : kc::flash_attention_decode(s.p, nullptr);
+          },
           3, iters);
-      figs.push_back({std::string(which == 0 ? "paged" : "flash") + "_decode_b1_ctx32768_h32_kv8_d128", "TB/s",
-                      bytes / (ms * 1e-3) / 1e12, ms, copy_tbs});
+      figs.push_back({std::string(which == 0 ? "paged" : "flash") + "_decode_b1_ctx32768_h32_kv8_d128",
+                      "TB/s", bytes / (ms * 1e-3) / 1e12, ms, copy_tbs});
     }
   }
   TROUPE_CUDA_CHECK(cudaDeviceSynchronize());
@@ -189,8 +192,8 @@ int run(const std::vector<std::string>& args) {
     std::printf("{\"device\": \"%s\", \"iters\": %d, \"figures\": [\n", prop.name, iters);
     for (size_t i = 0; i < figs.size(); ++i) {
       const auto& f = figs[i];
-      std::printf("  {\"name\": \"%s\", \"value\": %.4g, \"unit\": \"%s\", \"median_ms\": %.5g", f.name.c_str(), f.value,
-                  f.unit.c_str(), f.ms);
+      std::printf("  {\"name\": \"%s\", \"value\": %.4g, \"unit\": \"%s\", \"median_ms\": %.5g",
+                  f.name.c_str(), f.value, f.unit.c_str(), f.ms);
       if (f.ceiling > 0) std::printf(", \"fraction_of_copy_bandwidth\": %.3f", f.value / f.ceiling);
       std::printf("}%s\n", i + 1 < figs.size() ? "," : "");
     }

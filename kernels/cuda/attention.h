@@ -20,24 +20,25 @@ struct attention_params {
   const __nv_bfloat16* k_cache;  // [num_blocks, block_size, num_kv_heads, head_dim]
   const __nv_bfloat16* v_cache;  // [num_blocks, block_size, num_kv_heads, head_dim]
   __nv_bfloat16* out;            // [num_tokens, num_heads, head_dim]
-  const int32_t* query_start;    // [num_seqs + 1]: sequence s owns query rows [query_start[s], query_start[s+1])
-  const int32_t* context_lens;   // [num_seqs]: keys in the cache for s, this step's included
-  const int32_t* block_tables;   // [num_seqs, max_blocks_per_seq]
-  float* workspace;              // [workspace_floats]: split-K partial outputs and log-sum-exps (may be null)
+  const int32_t*
+      query_start;  // [num_seqs + 1]: sequence s owns query rows [query_start[s], query_start[s+1])
+  const int32_t* context_lens;  // [num_seqs]: keys in the cache for s, this step's included
+  const int32_t* block_tables;  // [num_seqs, max_blocks_per_seq]
+  float* workspace;             // [workspace_floats]: split-K partial outputs and log-sum-exps (may be null)
   size_t workspace_floats = 0;
   int32_t num_seqs = 0;
-  int32_t num_tokens = 0;        // query_start[num_seqs], known on the host
-  int32_t max_q_len = 0;         // host-side upper bounds used to size the grid
+  int32_t num_tokens = 0;  // query_start[num_seqs], known on the host
+  int32_t max_q_len = 0;   // host-side upper bounds used to size the grid
   int32_t max_context_len = 0;
   int32_t max_blocks_per_seq = 0;
   int32_t num_heads = 0;
-  int32_t num_kv_heads = 0;      // divides num_heads
-  int32_t head_dim = 0;          // 32, 64, 128 or 256
-  int32_t q_stride = 0;          // elements between tokens' q rows; 0 = num_heads * head_dim (q inside the
-                                 // merged qkv projection output has a longer stride)
+  int32_t num_kv_heads = 0;  // divides num_heads
+  int32_t head_dim = 0;      // 32, 64, 128 or 256
+  int32_t q_stride = 0;      // elements between tokens' q rows; 0 = num_heads * head_dim (q inside the
+                             // merged qkv projection output has a longer stride)
   int32_t block_size = 0;
   float scale = 1.0f;
-  int32_t sliding_window = 0;    // 0 = full causal; else a query at p sees keys in (p - window, p]
+  int32_t sliding_window = 0;  // 0 = full causal; else a query at p sees keys in (p - window, p]
 };
 
 constexpr int kPagedPartition = 512;  // keys per block of paged_attention_decode
@@ -45,7 +46,8 @@ constexpr int kFlashMaxSplits = 64;
 
 // Floats of workspace the split-K paths may use for these shapes (the launchers never exceed what the
 // params give them; with less they split less).
-size_t attention_workspace_floats(int32_t num_tokens, int32_t num_heads, int32_t head_dim, int32_t max_context_len);
+size_t attention_workspace_floats(int32_t num_tokens, int32_t num_heads, int32_t head_dim,
+                                  int32_t max_context_len);
 
 // Prefill/mixed batches: tiles of 128 packed query rows, no split. warps_per_block picks the tiling: 4 warps
 // of 2 m tiles each (fewer shared-memory reads per MMA, but 255 registers), 8 warps of 1 (2 blocks per

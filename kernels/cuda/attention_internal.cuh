@@ -83,7 +83,8 @@ struct split_views {
   float* part_o;    // [num_splits, rows, head_dim]
   float* part_lse;  // [num_splits, rows]
 };
-__host__ __device__ inline split_views split_layout(float* workspace, int64_t rows, int64_t head_dim, int num_splits) {
+__host__ __device__ inline split_views split_layout(float* workspace, int64_t rows, int64_t head_dim,
+                                                    int num_splits) {
   return split_views{workspace, workspace + static_cast<int64_t>(num_splits) * rows * head_dim};
 }
 inline int64_t split_floats(int64_t rows, int64_t head_dim, int num_splits) {

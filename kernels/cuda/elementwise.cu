@@ -58,22 +58,40 @@ __global__ void embedding_kernel(const int32_t* ids, const bf16x8* table, bf16x8
   for (int64_t i = threadIdx.x; i < vecs_per_row; i += blockDim.x) out[r * vecs_per_row + i] = src[i];
 }
 
-__global__ void add_rms_norm_kernel(bf16x8* residual, const bf16x8* x, const bf16x8* w, bf16x8* y,
+// 8 residual elements as fp32 (the fp32 residual stream) or bf16.
+struct alignas(32) f32x8 {
+  float4 lo, hi;
+};
+__device__ __forceinline__ void load8(const bf16x8* p, int64_t i, float (&f)[8]) { to_float8(p[i], f); }
+__device__ __forceinline__ void load8(const f32x8* p, int64_t i, float (&f)[8]) {
+  const f32x8 v = p[i];
+  f[0] = v.lo.x, f[1] = v.lo.y, f[2] = v.lo.z, f[3] = v.lo.w;
+  f[4] = v.hi.x, f[5] = v.hi.y, f[6] = v.hi.z, f[7] = v.hi.w;
+}
+// Stores and returns the values as stored (rounded to bf16 for a bf16 stream).
+__device__ __forceinline__ void store8(bf16x8* p, int64_t i, float (&f)[8]) {
+  p[i] = from_float8(f);
+  to_float8(p[i], f);
+}
+__device__ __forceinline__ void store8(f32x8* p, int64_t i, float (&f)[8]) {
+  p[i] = f32x8{make_float4(f[0], f[1], f[2], f[3]), make_float4(f[4], f[5], f[6], f[7])};
+}
+
+template <typename R>
+__global__ void add_rms_norm_kernel(R* residual, const bf16x8* x, const bf16x8* w, bf16x8* y,
                                     int64_t vecs_per_row, int64_t dim, float eps) {
   const int64_t r = blockIdx.x;
-  bf16x8* res = residual + r * vecs_per_row;
+  R* res = residual + r * vecs_per_row;
   float ss = 0.0f;
   for (int64_t i = threadIdx.x; i < vecs_per_row; i += blockDim.x) {
     float a[8];
-    to_float8(res[i], a);
+    load8(res, i, a);
     if (x != nullptr) {
       float b[8];
       to_float8(x[r * vecs_per_row + i], b);
 #pragma unroll
       for (int j = 0; j < 8; ++j) a[j] += b[j];
-      const bf16x8 sum = from_float8(a);
-      res[i] = sum;
-      to_float8(sum, a);  // the norm sees the stored (bf16-rounded) residual, as the next layer will
+      store8(res, i, a);  // the norm sees the stored residual, as the next layer will
     }
 #pragma unroll
     for (int j = 0; j < 8; ++j) ss += a[j] * a[j];
@@ -81,7 +99,7 @@ __global__ void add_rms_norm_kernel(bf16x8* residual, const bf16x8* x, const bf1
   const float inv = rsqrtf(block_sum(ss) / static_cast<float>(dim) + eps);
   for (int64_t i = threadIdx.x; i < vecs_per_row; i += blockDim.x) {
     float a[8], g[8];
-    to_float8(res[i], a);
+    load8(res, i, a);
     to_float8(w[i], g);
 #pragma unroll
     for (int j = 0; j < 8; ++j) a[j] = g[j] * (a[j] * inv);
@@ -107,7 +125,8 @@ __global__ void head_rms_norm_kernel(bf16* x, const bf16* w, int64_t rows, int64
   }
   const float inv = rsqrtf(warp_sum(ss) / kHeadDim + eps);
 #pragma unroll
-  for (int j = 0; j < kPerLane; ++j) v[j] = __float2bfloat16(__bfloat162float(w[lane * kPerLane + j]) * (f[j] * inv));
+  for (int j = 0; j < kPerLane; ++j)
+    v[j] = __float2bfloat16(__bfloat162float(w[lane * kPerLane + j]) * (f[j] * inv));
 }
 
 __global__ void silu_mul_kernel(const bf16x8* gate_up, bf16x8* out, int64_t rows, int64_t vecs_per_row) {
@@ -227,7 +246,8 @@ int threads_for(int64_t vecs) { return vecs >= 256 ? 256 : (vecs >= 128 ? 128 : 
 
 }  // namespace
 
-void embedding(const int32_t* ids, const bf16* table, bf16* out, int64_t rows, int64_t dim, cudaStream_t stream) {
+void embedding(const int32_t* ids, const bf16* table, bf16* out, int64_t rows, int64_t dim,
+               cudaStream_t stream) {
   TROUPE_KERNEL_REQUIRE(dim % 8 == 0, "embedding: dim " << dim << " is not a multiple of 8");
   if (rows == 0) return;
   embedding_kernel<<<static_cast<unsigned>(rows), threads_for(dim / 8), 0, stream>>>(
@@ -240,18 +260,28 @@ void add_rms_norm(bf16* residual, const bf16* x, const bf16* w, bf16* y, int64_t
   TROUPE_KERNEL_REQUIRE(dim % 8 == 0, "add_rms_norm: dim " << dim << " is not a multiple of 8");
   if (rows == 0) return;
   add_rms_norm_kernel<<<static_cast<unsigned>(rows), threads_for(dim / 8), 0, stream>>>(
-      reinterpret_cast<bf16x8*>(residual), reinterpret_cast<const bf16x8*>(x), reinterpret_cast<const bf16x8*>(w),
-      reinterpret_cast<bf16x8*>(y), dim / 8, dim, eps);
+      reinterpret_cast<bf16x8*>(residual), reinterpret_cast<const bf16x8*>(x),
+      reinterpret_cast<const bf16x8*>(w), reinterpret_cast<bf16x8*>(y), dim / 8, dim, eps);
   TROUPE_CUDA_CHECK_LAUNCH();
 }
 
-void head_rms_norm(bf16* x, const bf16* w, int64_t rows, int64_t row_stride, int64_t num_heads, int64_t head_dim,
-                   float eps, cudaStream_t stream) {
+void add_rms_norm(float* residual, const bf16* x, const bf16* w, bf16* y, int64_t rows, int64_t dim,
+                  float eps, cudaStream_t stream) {
+  TROUPE_KERNEL_REQUIRE(dim % 8 == 0, "add_rms_norm: dim " << dim << " is not a multiple of 8");
+  if (rows == 0) return;
+  add_rms_norm_kernel<<<static_cast<unsigned>(rows), threads_for(dim / 8), 0, stream>>>(
+      reinterpret_cast<f32x8*>(residual), reinterpret_cast<const bf16x8*>(x),
+      reinterpret_cast<const bf16x8*>(w), reinterpret_cast<bf16x8*>(y), dim / 8, dim, eps);
+  TROUPE_CUDA_CHECK_LAUNCH();
+}
+
+void head_rms_norm(bf16* x, const bf16* w, int64_t rows, int64_t row_stride, int64_t num_heads,
+                   int64_t head_dim, float eps, cudaStream_t stream) {
   const int64_t warps = rows * num_heads;
   if (warps == 0) return;
   TROUPE_DISPATCH_HEAD_DIM(static_cast<int>(head_dim), [&] {
-    head_rms_norm_kernel<kHeadDim><<<static_cast<unsigned>((warps + 3) / 4), 128, 0, stream>>>(x, w, rows, row_stride,
-                                                                                              num_heads, eps);
+    head_rms_norm_kernel<kHeadDim>
+        <<<static_cast<unsigned>((warps + 3) / 4), 128, 0, stream>>>(x, w, rows, row_stride, num_heads, eps);
     TROUPE_CUDA_CHECK_LAUNCH();
   });
 }

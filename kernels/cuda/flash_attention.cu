@@ -32,7 +32,7 @@ struct flash_cfg {
   static constexpr int kBr = kKeySplit ? kRowsPerWarp : kWarps * kRowsPerWarp;
   static constexpr int kBc = 64;
   static constexpr int kKeysPerWarp = kKeySplit ? kBc / kWarps : kBc;  // keys of a tile one warp handles
-  static constexpr int kNT = kKeysPerWarp / 8;                          // n8 tiles of S per warp
+  static constexpr int kNT = kKeysPerWarp / 8;                         // n8 tiles of S per warp
   static constexpr int kThreads = kWarps * 32;
   static constexpr int kChunks = D / 8;  // 16-byte chunks per row
   static constexpr int kSmemBytes = (kBr * D + 4 * kBc * D) * 2;
@@ -57,8 +57,8 @@ __device__ __forceinline__ float fast_exp2(float x) {
 }
 
 template <int D, int kWarps, int kMTiles, bool kKeySplit>
-__global__ void __launch_bounds__(kWarps * 32, kWarps == 8 && D <= 128 ? 2 : 1) flash_attention_kernel(attention_params p, int num_splits,
-                                                                       int block_shift) {
+__global__ void __launch_bounds__(kWarps * 32, kWarps == 8 && D <= 128 ? 2 : 1)
+    flash_attention_kernel(attention_params p, int num_splits, int block_shift) {
   using C = flash_cfg<D, kWarps, kMTiles, kKeySplit>;
   constexpr int kBr = C::kBr, kBc = C::kBc, kChunks = C::kChunks, kNT = C::kNT;
   extern __shared__ __align__(128) unsigned char smem_raw[];
@@ -92,7 +92,8 @@ __global__ void __launch_bounds__(kWarps * 32, kWarps == 8 && D <= 128 ? 2 : 1) 
     if (num_splits > 1) {
       for (int r = tid; r < min(kBr, rows_total - row0); r += blockDim.x) {
         const int gr = row0 + r;
-        const int64_t orow = static_cast<int64_t>(q0 + gr / group) * p.num_heads + kv_head * group + gr % group;
+        const int64_t orow =
+            static_cast<int64_t>(q0 + gr / group) * p.num_heads + kv_head * group + gr % group;
         parts.part_lse[split * out_rows + orow] = -INFINITY;
       }
     }
@@ -105,7 +106,8 @@ __global__ void __launch_bounds__(kWarps * 32, kWarps == 8 && D <= 128 ? 2 : 1) 
     const int r = c / kChunks, ch = c % kChunks, gr = row0 + r;
     const bool valid = gr < rows_total;
     const int64_t off =
-        valid ? static_cast<int64_t>(q0 + gr / group) * q_stride + (kv_head * group + gr % group) * D + ch * 8 : 0;
+        valid ? static_cast<int64_t>(q0 + gr / group) * q_stride + (kv_head * group + gr % group) * D + ch * 8
+              : 0;
     cp_async16(sq + swz<D>(r, ch), p.q + off, valid);
   }
   // One cp.async group per K or V tile, so S = Q K^T can start while V is still in flight.
@@ -132,7 +134,7 @@ __global__ void __launch_bounds__(kWarps * 32, kWarps == 8 && D <= 128 ? 2 : 1) 
   const float scale_log2 = p.scale * 1.4426950408889634f;
   const int g = lane / 4, t = lane % 4;
   const int row_base = kKeySplit ? 0 : warp * C::kRowsPerWarp;  // this warp's first row in the tile
-  const int key_base = kKeySplit ? warp * C::kKeysPerWarp : 0;   // this warp's first key in a key tile
+  const int key_base = kKeySplit ? warp * C::kKeysPerWarp : 0;  // this warp's first key in a key tile
   // Byte offsets of this lane's ldmatrix row for each of the 4 chunk phases (k step mod 4). Every row an
   // ldmatrix lane addresses is lane % 8 modulo 8, so the swizzle term is (chunk ^ (lane & 7)) within a group
   // of 8 chunks and the rest of the address is a compile-time immediate.
@@ -350,14 +352,16 @@ __global__ void __launch_bounds__(kWarps * 32, kWarps == 8 && D <= 128 ? 2 : 1) 
         float* dst = parts.part_o + (split * out_rows + orow) * D + 2 * t;
 #pragma unroll
         for (int dn = 0; dn < D / 8; ++dn)
-          *reinterpret_cast<float2*>(dst + dn * 8) = make_float2(o[mt][dn][2 * h] * inv, o[mt][dn][2 * h + 1] * inv);
+          *reinterpret_cast<float2*>(dst + dn * 8) =
+              make_float2(o[mt][dn][2 * h] * inv, o[mt][dn][2 * h + 1] * inv);
         if (t == 0) parts.part_lse[split * out_rows + orow] = sum > 0.0f ? m[mt][h] + log2f(sum) : -INFINITY;
       }
     }
   }
 }
 
-__global__ void merge_splits_kernel(split_views parts, bf16* out, int64_t rows, int head_dim, int num_splits) {
+__global__ void merge_splits_kernel(split_views parts, bf16* out, int64_t rows, int head_dim,
+                                    int num_splits) {
   const int64_t row = blockIdx.x;
   float mx = -INFINITY;
   for (int s = 0; s < num_splits; ++s) mx = fmaxf(mx, parts.part_lse[s * rows + row]);
@@ -380,7 +384,8 @@ void launch_flash(const attention_params& p, int num_splits, cudaStream_t stream
   auto kernel = flash_attention_kernel<D, kWarps, kMTiles, kKeySplit>;
   static bool configured = false;  // the attribute is per function; setting it once per process suffices
   if (!configured) {
-    TROUPE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, C::kSmemBytes));
+    TROUPE_CUDA_CHECK(
+        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, C::kSmemBytes));
     configured = true;
   }
   const int group = p.num_heads / p.num_kv_heads;
@@ -392,8 +397,9 @@ void launch_flash(const attention_params& p, int num_splits, cudaStream_t stream
 }
 
 void check_params(const attention_params& p) {
-  TROUPE_KERNEL_REQUIRE(p.num_kv_heads > 0 && p.num_heads % p.num_kv_heads == 0,
-                        "num_heads " << p.num_heads << " is not a multiple of num_kv_heads " << p.num_kv_heads);
+  TROUPE_KERNEL_REQUIRE(
+      p.num_kv_heads > 0 && p.num_heads % p.num_kv_heads == 0,
+      "num_heads " << p.num_heads << " is not a multiple of num_kv_heads " << p.num_kv_heads);
   TROUPE_KERNEL_REQUIRE(p.block_size > 0, "block_size " << p.block_size);
 }
 
@@ -410,15 +416,17 @@ int sm_count() {
 }  // namespace
 
 namespace detail {
-void merge_splits(split_views parts, bf16* out, int64_t rows, int head_dim, int num_splits, cudaStream_t stream) {
+void merge_splits(split_views parts, bf16* out, int64_t rows, int head_dim, int num_splits,
+                  cudaStream_t stream) {
   if (rows == 0) return;
-  merge_splits_kernel<<<static_cast<unsigned>(rows), std::min(head_dim, 256), 0, stream>>>(parts, out, rows,
-                                                                                           head_dim, num_splits);
+  merge_splits_kernel<<<static_cast<unsigned>(rows), std::min(head_dim, 256), 0, stream>>>(
+      parts, out, rows, head_dim, num_splits);
   TROUPE_CUDA_CHECK_LAUNCH();
 }
 }  // namespace detail
 
-size_t attention_workspace_floats(int32_t num_tokens, int32_t num_heads, int32_t head_dim, int32_t max_context_len) {
+size_t attention_workspace_floats(int32_t num_tokens, int32_t num_heads, int32_t head_dim,
+                                  int32_t max_context_len) {
   const int paged_parts = (max_context_len + kPagedPartition - 1) / kPagedPartition;
   const int splits = std::max(paged_parts, std::min(kFlashMaxSplits, (max_context_len + 63) / 64));
   return static_cast<size_t>(split_floats(static_cast<int64_t>(num_tokens) * num_heads, head_dim, splits));
@@ -474,13 +482,15 @@ void flash_attention_decode(const attention_params& p, cudaStream_t stream, int 
   }
   num_splits = std::max(1, std::min({num_splits, tiles, kFlashMaxSplits}));
   const int64_t rows = static_cast<int64_t>(p.num_tokens) * p.num_heads;
-  while (num_splits > 1 && static_cast<size_t>(split_floats(rows, p.head_dim, num_splits)) > p.workspace_floats) {
+  while (num_splits > 1 &&
+         static_cast<size_t>(split_floats(rows, p.head_dim, num_splits)) > p.workspace_floats) {
     --num_splits;
   }
   TROUPE_DISPATCH_HEAD_DIM(p.head_dim, [&] {
     launch_flash<kHeadDim, 4, 1, true>(p, num_splits, stream);
     if (num_splits > 1) {
-      merge_splits(split_layout(p.workspace, rows, kHeadDim, num_splits), p.out, rows, kHeadDim, num_splits, stream);
+      merge_splits(split_layout(p.workspace, rows, kHeadDim, num_splits), p.out, rows, kHeadDim, num_splits,
+                   stream);
     }
   });
 }

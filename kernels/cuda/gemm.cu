@@ -36,7 +36,8 @@ void gemm_context::run(const bf16* x, const bf16* w, void* y, bool f32_out, int6
   TROUPE_CUBLAS_CHECK(cublasLtMatmulDescCreate(&op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
   const cublasOperation_t trans = CUBLAS_OP_T, no_trans = CUBLAS_OP_N;
   TROUPE_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSA, &trans, sizeof(trans)));
-  TROUPE_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSB, &no_trans, sizeof(no_trans)));
+  TROUPE_CUBLAS_CHECK(
+      cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSB, &no_trans, sizeof(no_trans)));
   // Column-major views: w is [k, n] (ld k), x is [k, m] (ld k), y is [n, m] (ld n).
   TROUPE_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&a, CUDA_R_16BF, k, n, k));
   TROUPE_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&b, CUDA_R_16BF, k, m, k));
@@ -48,10 +49,11 @@ void gemm_context::run(const bf16* x, const bf16* w, void* y, bool f32_out, int6
   cublasLtMatmulHeuristicResult_t heur{};
   int found = 0;
   TROUPE_CUBLAS_CHECK(cublasLtMatmulAlgoGetHeuristic(handle_, op, a, b, c, c, pref, 1, &heur, &found));
-  TROUPE_KERNEL_REQUIRE(found > 0, "cuBLASLt found no bf16 algorithm for m=" << m << " n=" << n << " k=" << k);
+  TROUPE_KERNEL_REQUIRE(found > 0,
+                        "cuBLASLt found no bf16 algorithm for m=" << m << " n=" << n << " k=" << k);
   const float alpha = 1.0f, beta = 0.0f;
-  TROUPE_CUBLAS_CHECK(cublasLtMatmul(handle_, op, &alpha, w, a, x, b, &beta, y, c, y, c, &heur.algo, workspace_, ws,
-                                     stream));
+  TROUPE_CUBLAS_CHECK(
+      cublasLtMatmul(handle_, op, &alpha, w, a, x, b, &beta, y, c, y, c, &heur.algo, workspace_, ws, stream));
   cublasLtMatmulPreferenceDestroy(pref);
   cublasLtMatrixLayoutDestroy(c);
   cublasLtMatrixLayoutDestroy(b);

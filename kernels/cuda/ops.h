@@ -26,10 +26,17 @@ void add_rms_norm(bf16* residual,  // [rows, dim], updated in place when x is no
                   const bf16* w,   // [dim]
                   bf16* y,         // [rows, dim]
                   int64_t rows, int64_t dim, float eps, cudaStream_t stream);
+// The same over an fp32 residual stream (the model runner's: one bf16 rounding fewer per sublayer, which
+// keeps its logprobs near an fp32 reference).
+void add_rms_norm(float* residual,  // [rows, dim], updated in place when x is non-null
+                  const bf16* x,    // [rows, dim] or null
+                  const bf16* w,    // [dim]
+                  bf16* y,          // [rows, dim]
+                  int64_t rows, int64_t dim, float eps, cudaStream_t stream);
 
 // Qwen3's per-head q/k norm, in place: each head_dim slice of each row is RMS-normalized with w.
-void head_rms_norm(bf16* x,          // [rows, row_stride]: heads [0, num_heads) at the row start
-                   const bf16* w,    // [head_dim]
+void head_rms_norm(bf16* x,        // [rows, row_stride]: heads [0, num_heads) at the row start
+                   const bf16* w,  // [head_dim]
                    int64_t rows, int64_t row_stride, int64_t num_heads, int64_t head_dim, float eps,
                    cudaStream_t stream);
 
@@ -90,7 +97,8 @@ class gemm_context {
                       int64_t m, int64_t n, int64_t k, cudaStream_t stream);
 
  private:
-  void run(const bf16* x, const bf16* w, void* y, bool f32_out, int64_t m, int64_t n, int64_t k, cudaStream_t stream);
+  void run(const bf16* x, const bf16* w, void* y, bool f32_out, int64_t m, int64_t n, int64_t k,
+           cudaStream_t stream);
   cublasLtHandle_t handle_ = nullptr;
   void* workspace_ = nullptr;  // [kWorkspaceBytes]
   static constexpr size_t kWorkspaceBytes = 32u << 20;

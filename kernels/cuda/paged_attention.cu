@@ -59,8 +59,8 @@ __device__ __forceinline__ float transpose_reduce(float (&v)[kG], int li, int& g
 }
 
 template <int D, int kGroup>
-__global__ void __launch_bounds__(kPagedWarps * 32) paged_decode_kernel(attention_params p, int num_parts,
-                                                                       int block_shift) {
+__global__ void __launch_bounds__(kPagedWarps * 32)
+    paged_decode_kernel(attention_params p, int num_parts, int block_shift) {
   constexpr int kLanes = D / 8;              // lanes covering one key row
   constexpr int kRowsPerStep = 32 / kLanes;  // key rows a warp reads per step
   constexpr int kUnroll = 4;  // 16-byte loads in flight per lane (8 cost registers and occupancy: slower)
@@ -95,7 +95,8 @@ __global__ void __launch_bounds__(kPagedWarps * 32) paged_decode_kernel(attentio
 #pragma unroll
   for (int g = 0; g < kGroup; ++g) {
     const int64_t q_stride = p.q_stride > 0 ? p.q_stride : static_cast<int64_t>(p.num_heads) * D;
-    unpack8(*reinterpret_cast<const uint4*>(p.q + token * q_stride + (kv_head * kGroup + g) * D + li * 8), q[g]);
+    unpack8(*reinterpret_cast<const uint4*>(p.q + token * q_stride + (kv_head * kGroup + g) * D + li * 8),
+            q[g]);
 #pragma unroll
     for (int e = 0; e < 8; ++e) q[g][e] *= scale_log2;
   }
@@ -206,39 +207,53 @@ __global__ void __launch_bounds__(kPagedWarps * 32) paged_decode_kernel(attentio
 }  // namespace
 
 void paged_attention_decode(const attention_params& p, cudaStream_t stream) {
-  TROUPE_KERNEL_REQUIRE(p.num_kv_heads > 0 && p.num_heads % p.num_kv_heads == 0,
-                        "num_heads " << p.num_heads << " is not a multiple of num_kv_heads " << p.num_kv_heads);
-  TROUPE_KERNEL_REQUIRE(p.max_q_len <= 1, "paged_attention_decode takes one query per sequence, got max_q_len "
-                                              << p.max_q_len);
+  TROUPE_KERNEL_REQUIRE(
+      p.num_kv_heads > 0 && p.num_heads % p.num_kv_heads == 0,
+      "num_heads " << p.num_heads << " is not a multiple of num_kv_heads " << p.num_kv_heads);
+  TROUPE_KERNEL_REQUIRE(p.max_q_len <= 1,
+                        "paged_attention_decode takes one query per sequence, got max_q_len " << p.max_q_len);
   if (p.num_tokens == 0) return;
   const int group = p.num_heads / p.num_kv_heads;
   const int num_parts = std::max(1, (p.max_context_len + kPagedPartition - 1) / kPagedPartition);
   const int64_t rows = static_cast<int64_t>(p.num_tokens) * p.num_heads;
-  TROUPE_KERNEL_REQUIRE(num_parts == 1 || static_cast<size_t>(split_floats(rows, p.head_dim, num_parts)) <=
-                                              p.workspace_floats,
-                        "paged_attention_decode needs " << split_floats(rows, p.head_dim, num_parts)
-                                                        << " workspace floats, has " << p.workspace_floats);
+  TROUPE_KERNEL_REQUIRE(
+      num_parts == 1 || static_cast<size_t>(split_floats(rows, p.head_dim, num_parts)) <= p.workspace_floats,
+      "paged_attention_decode needs " << split_floats(rows, p.head_dim, num_parts)
+                                      << " workspace floats, has " << p.workspace_floats);
   const dim3 grid(p.num_kv_heads, num_parts, p.num_seqs);
   const int block_shift = (p.block_size & (p.block_size - 1)) == 0 ? __builtin_ctz(p.block_size) : -1;
   TROUPE_DISPATCH_HEAD_DIM(p.head_dim, [&] {
     auto launch = [&](auto group_tag) {
       constexpr int kGroup = decltype(group_tag)::value;
       if constexpr (kGroup <= kHeadDim / 8) {  // the shuffle reduction spreads groups over a row's lanes
-        paged_decode_kernel<kHeadDim, kGroup><<<grid, kPagedWarps * 32, 0, stream>>>(p, num_parts, block_shift);
+        paged_decode_kernel<kHeadDim, kGroup>
+            <<<grid, kPagedWarps * 32, 0, stream>>>(p, num_parts, block_shift);
         TROUPE_CUDA_CHECK_LAUNCH();
       } else {
-        TROUPE_KERNEL_REQUIRE(false, "paged attention: group " << kGroup << " needs head_dim >= " << 8 * kGroup);
+        TROUPE_KERNEL_REQUIRE(false,
+                              "paged attention: group " << kGroup << " needs head_dim >= " << 8 * kGroup);
       }
     };
     switch (group) {
-      case 1: launch(std::integral_constant<int, 1>{}); break;
-      case 2: launch(std::integral_constant<int, 2>{}); break;
-      case 4: launch(std::integral_constant<int, 4>{}); break;
-      case 8: launch(std::integral_constant<int, 8>{}); break;
-      default: TROUPE_KERNEL_REQUIRE(false, "paged attention: query heads per kv head " << group << " not in {1,2,4,8}");
+      case 1:
+        launch(std::integral_constant<int, 1>{});
+        break;
+      case 2:
+        launch(std::integral_constant<int, 2>{});
+        break;
+      case 4:
+        launch(std::integral_constant<int, 4>{});
+        break;
+      case 8:
+        launch(std::integral_constant<int, 8>{});
+        break;
+      default:
+        TROUPE_KERNEL_REQUIRE(false,
+                              "paged attention: query heads per kv head " << group << " not in {1,2,4,8}");
     }
     if (num_parts > 1) {
-      merge_splits(split_layout(p.workspace, rows, kHeadDim, num_parts), p.out, rows, kHeadDim, num_parts, stream);
+      merge_splits(split_layout(p.workspace, rows, kHeadDim, num_parts), p.out, rows, kHeadDim, num_parts,
+                   stream);
     }
   });
 }

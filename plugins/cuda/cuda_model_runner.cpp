@@ -67,10 +67,11 @@ cuda_model_runner::~cuda_model_runner() {
   if (stream_ != nullptr) cudaStreamSynchronize(stream_);
   gemm_.reset();
   for (void* p : allocations_) cudaFree(p);
-  for (void* p : {static_cast<void*>(ints_), static_cast<void*>(inv_freq_rows_), static_cast<void*>(residual_),
-                  static_cast<void*>(x_), static_cast<void*>(h_), static_cast<void*>(qkv_), static_cast<void*>(attn_),
-                  static_cast<void*>(gu_), static_cast<void*>(act_), static_cast<void*>(sel_),
-                  static_cast<void*>(logits_), static_cast<void*>(workspace_)}) {
+  for (void* p :
+       {static_cast<void*>(ints_), static_cast<void*>(inv_freq_rows_), static_cast<void*>(residual_),
+        static_cast<void*>(x_), static_cast<void*>(h_), static_cast<void*>(qkv_), static_cast<void*>(attn_),
+        static_cast<void*>(gu_), static_cast<void*>(act_), static_cast<void*>(sel_),
+        static_cast<void*>(logits_), static_cast<void*>(workspace_)}) {
     if (p != nullptr) cudaFree(p);
   }
   if (ints_host_ != nullptr) cudaFreeHost(ints_host_);
@@ -98,12 +99,14 @@ std::unique_ptr<cuda_model_runner> cuda_model_runner::load(const std::string& mo
     }
     const int group = c.num_heads / std::max(1, c.num_kv_heads);
     if (opt.attention == "paged" && (group & (group - 1)) != 0) {
-      why += " paged attention takes 1, 2, 4 or 8 query heads per kv head, not " + std::to_string(group) + ";";
+      why +=
+          " paged attention takes 1, 2, 4 or 8 query heads per kv head, not " + std::to_string(group) + ";";
     }
     if (opt.attention == "paged" && group > c.head_dim / 8) {
       why += " paged attention needs head_dim >= 8 * group;";
     }
-    if (c.hidden_size % 8 != 0 || c.intermediate_size % 8 != 0) why += " hidden/intermediate sizes must be multiples of 8;";
+    if (c.hidden_size % 8 != 0 || c.intermediate_size % 8 != 0)
+      why += " hidden/intermediate sizes must be multiples of 8;";
     if (!why.empty()) throw error(model_dir + ": the CUDA backend cannot run this model:" + why);
   }
   TROUPE_CUDA_CHECK(cudaSetDevice(opt.device));
@@ -128,9 +131,11 @@ std::unique_ptr<cuda_model_runner> cuda_model_runner::load(const std::string& mo
     auto n = [&](const std::string& s) { return layer_tensor(i, s); };
     L.ln1 = upload(load_f32(ckpt, n("input_layernorm.weight")));
     L.ln2 = upload(load_f32(ckpt, n("post_attention_layernorm.weight")));
-    L.wqkv = upload(stack(ckpt, {n("self_attn.q_proj.weight"), n("self_attn.k_proj.weight"), n("self_attn.v_proj.weight")}));
+    L.wqkv = upload(stack(
+        ckpt, {n("self_attn.q_proj.weight"), n("self_attn.k_proj.weight"), n("self_attn.v_proj.weight")}));
     if (c.attention_bias) {
-      L.bqkv = upload(stack(ckpt, {n("self_attn.q_proj.bias"), n("self_attn.k_proj.bias"), n("self_attn.v_proj.bias")}));
+      L.bqkv = upload(
+          stack(ckpt, {n("self_attn.q_proj.bias"), n("self_attn.k_proj.bias"), n("self_attn.v_proj.bias")}));
       if (ckpt.find(n("self_attn.o_proj.bias"))) L.bo = upload(load_f32(ckpt, n("self_attn.o_proj.bias")));
     }
     L.wo = upload(load_f32(ckpt, n("self_attn.o_proj.weight")));
@@ -148,7 +153,8 @@ std::unique_ptr<cuda_model_runner> cuda_model_runner::load(const std::string& mo
   {
     const auto f = rope_inv_freq(c, 0);
     r->base_inv_freq_ = r->device_alloc<float>(f.size());
-    TROUPE_CUDA_CHECK(cudaMemcpy(r->base_inv_freq_, f.data(), f.size() * sizeof(float), cudaMemcpyHostToDevice));
+    TROUPE_CUDA_CHECK(
+        cudaMemcpy(r->base_inv_freq_, f.data(), f.size() * sizeof(float), cudaMemcpyHostToDevice));
   }
 
   // KV cache: what is left of gpu_memory_utilization after the weights, less a reserve for step buffers.
@@ -161,7 +167,8 @@ std::unique_ptr<cuda_model_runner> cuda_model_runner::load(const std::string& mo
     const double reserve = 512.0 * (1 << 20) + 64.0 * c.vocab_size * sizeof(float) * 256;
     const double budget = opt.gpu_memory_utilization * total_b - (total_b - free_b) - reserve;
     blocks = static_cast<int64_t>(std::max(0.0, budget) / block_bytes);
-    if (opt.max_kv_tokens > 0) blocks = std::min<int64_t>(blocks, (opt.max_kv_tokens + opt.block_size - 1) / opt.block_size);
+    if (opt.max_kv_tokens > 0)
+      blocks = std::min<int64_t>(blocks, (opt.max_kv_tokens + opt.block_size - 1) / opt.block_size);
     if (blocks <= 0) {
       throw error("gpu_memory_utilization " + std::to_string(opt.gpu_memory_utilization) +
                   " leaves no room for the KV cache after the weights");
@@ -183,7 +190,8 @@ void cuda_model_runner::copy_blocks(const int32_t* src, const int32_t* dst, int3
   const size_t block = static_cast<size_t>(block_size_) * cfg_.kv_size();
   for (auto& L : layers_) {
     for (int32_t i = 0; i < n; ++i) {
-      TROUPE_CHECK(src[i] >= 0 && src[i] < num_blocks_ && dst[i] >= 0 && dst[i] < num_blocks_) << src[i] << dst[i];
+      TROUPE_CHECK(src[i] >= 0 && src[i] < num_blocks_ && dst[i] >= 0 && dst[i] < num_blocks_)
+          << src[i] << dst[i];
       TROUPE_CUDA_CHECK(cudaMemcpyAsync(L.k_cache + dst[i] * block, L.k_cache + src[i] * block,
                                         block * sizeof(kc::bf16), cudaMemcpyDeviceToDevice, stream_));
       TROUPE_CUDA_CHECK(cudaMemcpyAsync(L.v_cache + dst[i] * block, L.v_cache + src[i] * block,
@@ -206,7 +214,8 @@ void cuda_model_runner::swap_out(const int32_t* src, const int32_t* dst, int32_t
   const size_t block = static_cast<size_t>(block_size_) * cfg_.kv_size();
   for (auto& L : layers_) {
     for (int32_t i = 0; i < n; ++i) {
-      TROUPE_CHECK(src[i] >= 0 && src[i] < num_blocks_ && dst[i] >= 0 && dst[i] < num_host_slots_) << src[i] << dst[i];
+      TROUPE_CHECK(src[i] >= 0 && src[i] < num_blocks_ && dst[i] >= 0 && dst[i] < num_host_slots_)
+          << src[i] << dst[i];
       TROUPE_CUDA_CHECK(cudaMemcpyAsync(L.k_host.data() + dst[i] * block, L.k_cache + src[i] * block,
                                         block * sizeof(kc::bf16), cudaMemcpyDeviceToHost, stream_));
       TROUPE_CUDA_CHECK(cudaMemcpyAsync(L.v_host.data() + dst[i] * block, L.v_cache + src[i] * block,
@@ -220,7 +229,8 @@ void cuda_model_runner::swap_in(const int32_t* src, const int32_t* dst, int32_t 
   const size_t block = static_cast<size_t>(block_size_) * cfg_.kv_size();
   for (auto& L : layers_) {
     for (int32_t i = 0; i < n; ++i) {
-      TROUPE_CHECK(src[i] >= 0 && src[i] < num_host_slots_ && dst[i] >= 0 && dst[i] < num_blocks_) << src[i] << dst[i];
+      TROUPE_CHECK(src[i] >= 0 && src[i] < num_host_slots_ && dst[i] >= 0 && dst[i] < num_blocks_)
+          << src[i] << dst[i];
       TROUPE_CUDA_CHECK(cudaMemcpyAsync(L.k_cache + dst[i] * block, L.k_host.data() + src[i] * block,
                                         block * sizeof(kc::bf16), cudaMemcpyHostToDevice, stream_));
       TROUPE_CUDA_CHECK(cudaMemcpyAsync(L.v_cache + dst[i] * block, L.v_host.data() + src[i] * block,
@@ -256,7 +266,8 @@ void cuda_model_runner::forward(const forward_batch& b, float* logits) {
   if (n_ints > ints_host_cap_) {
     if (ints_host_ != nullptr) TROUPE_CUDA_CHECK(cudaFreeHost(ints_host_));
     ints_host_cap_ = std::max(n_ints, ints_host_cap_ + ints_host_cap_ / 2);
-    TROUPE_CUDA_CHECK(cudaMallocHost(reinterpret_cast<void**>(&ints_host_), ints_host_cap_ * sizeof(int32_t)));
+    TROUPE_CUDA_CHECK(
+        cudaMallocHost(reinterpret_cast<void**>(&ints_host_), ints_host_cap_ * sizeof(int32_t)));
   }  // no step is in flight here: forward() returns only after its stream drained
   grow(ints_, ints_cap_, n_ints);
   int32_t* hp = ints_host_;
@@ -310,7 +321,8 @@ void cuda_model_runner::forward(const forward_batch& b, float* logits) {
   grow(attn_, attn_cap_, T * qs);
   grow(gu_, gu_cap_, T * 2 * inter);
   grow(act_, act_cap_, T * inter);
-  const size_t ws_need = kc::attention_workspace_floats(static_cast<int32_t>(T), c.num_heads, c.head_dim, max_ctx);
+  const size_t ws_need =
+      kc::attention_workspace_floats(static_cast<int32_t>(T), c.num_heads, c.head_dim, max_ctx);
   grow(workspace_, workspace_cap_, ws_need);
 
   kc::attention_params ap{};
@@ -335,10 +347,12 @@ void cuda_model_runner::forward(const forward_batch& b, float* logits) {
   ap.sliding_window = c.sliding_window ? *c.sliding_window : 0;
   const bool paged_decode = opt_.attention == "paged" && max_q == 1;
 
-  kc::embedding(d_tokens, embed_, residual_, T, H, stream_);
+  // residual = 0 + embedding (exact in fp32), then layer 0's norm: the same fused kernel as every layer.
+  kc::embedding(d_tokens, embed_, x_, T, H, stream_);
+  TROUPE_CUDA_CHECK(cudaMemsetAsync(residual_, 0, T * H * sizeof(float), stream_));
   for (int32_t l = 0; l < c.num_layers; ++l) {
     layer& L = layers_[l];
-    kc::add_rms_norm(residual_, l == 0 ? nullptr : x_, L.ln1, h_, T, H, eps, stream_);
+    kc::add_rms_norm(residual_, x_, L.ln1, h_, T, H, eps, stream_);
     gemm_->matmul_xwt(h_, L.wqkv, qkv_, T, qkv_w, H, stream_);
     if (L.bqkv != nullptr) kc::add_bias(qkv_, L.bqkv, T, qkv_w, stream_);
     kc::rope_write_kv_params rp{};
@@ -379,7 +393,8 @@ void cuda_model_runner::forward(const forward_batch& b, float* logits) {
     TROUPE_CUDA_CHECK(cudaStreamSynchronize(stream_));
     return;
   }
-  for (int64_t i = 0; i < n_logits; ++i) TROUPE_CHECK(b.logits_rows[i] >= 0 && b.logits_rows[i] < T) << b.logits_rows[i];
+  for (int64_t i = 0; i < n_logits; ++i)
+    TROUPE_CHECK(b.logits_rows[i] >= 0 && b.logits_rows[i] < T) << b.logits_rows[i];
   // Final residual add + norm over every row (cheap next to the LM head), then only the wanted rows go
   // through the LM head: an embedding gather is exactly a row gather.
   kc::add_rms_norm(residual_, x_, final_norm_, h_, T, H, eps, stream_);
@@ -387,7 +402,8 @@ void cuda_model_runner::forward(const forward_batch& b, float* logits) {
   grow(logits_, logits_cap_, n_logits * V);
   kc::embedding(d_rows, h_, sel_, n_logits, H, stream_);
   gemm_->matmul_xwt_f32(sel_, lm_head_, logits_, n_logits, V, H, stream_);
-  TROUPE_CUDA_CHECK(cudaMemcpyAsync(logits, logits_, n_logits * V * sizeof(float), cudaMemcpyDeviceToHost, stream_));
+  TROUPE_CUDA_CHECK(
+      cudaMemcpyAsync(logits, logits_, n_logits * V * sizeof(float), cudaMemcpyDeviceToHost, stream_));
   TROUPE_CUDA_CHECK(cudaStreamSynchronize(stream_));
 }
 

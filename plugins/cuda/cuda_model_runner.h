@@ -30,7 +30,8 @@ class cuda_model_runner final : public model_runner {
  public:
   // Reads config.json and the safetensors from model_dir, validates, uploads bf16 weights with q/k/v and
   // gate/up merged. Throws troupe::error on a bad checkpoint or an unsupported shape (with the reason).
-  static std::unique_ptr<cuda_model_runner> load(const std::string& model_dir, const cuda_runner_options& opt);
+  static std::unique_ptr<cuda_model_runner> load(const std::string& model_dir,
+                                                 const cuda_runner_options& opt);
   ~cuda_model_runner() override;
 
   const model_config& config() const override { return cfg_; }
@@ -84,7 +85,8 @@ class cuda_model_runner final : public model_runner {
   size_t ints_host_cap_ = 0;
   float* inv_freq_rows_ = nullptr;  // [num_tokens, head_dim / 2] (dynamic NTK only)
   size_t inv_freq_rows_cap_ = 0;
-  bf16 *residual_ = nullptr, *x_ = nullptr, *h_ = nullptr;  // [num_tokens, hidden] each
+  float* residual_ = nullptr;         // [num_tokens, hidden]: the residual stream stays fp32
+  bf16 *x_ = nullptr, *h_ = nullptr;  // [num_tokens, hidden] each
   size_t residual_cap_ = 0, x_cap_ = 0, h_cap_ = 0;
   bf16* qkv_ = nullptr;  // [num_tokens, q + 2 kv]
   size_t qkv_cap_ = 0;

@@ -26,17 +26,19 @@ inline std::string no_device_reason() {
   return std::string();
 }
 
-#define TROUPE_SKIP_WITHOUT_GPU()                                    \
-  do {                                                               \
+#define TROUPE_SKIP_WITHOUT_GPU()                                              \
+  do {                                                                         \
     const std::string troupe_reason_ = ::troupe::gpu_test::no_device_reason(); \
-    if (!troupe_reason_.empty()) GTEST_SKIP() << troupe_reason_;     \
+    if (!troupe_reason_.empty()) GTEST_SKIP() << troupe_reason_;               \
   } while (0)
 
 template <typename T>
 class device_buffer {
  public:
   device_buffer() = default;
-  explicit device_buffer(size_t n) : n_(n) { TROUPE_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&ptr_), std::max<size_t>(1, n) * sizeof(T))); }
+  explicit device_buffer(size_t n) : n_(n) {
+    TROUPE_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&ptr_), std::max<size_t>(1, n) * sizeof(T)));
+  }
   explicit device_buffer(const std::vector<T>& host) : device_buffer(host.size()) { upload(host); }
   ~device_buffer() {
     if (ptr_ != nullptr) cudaFree(ptr_);

@@ -28,11 +28,16 @@ enum class attn_impl { flash_prefill4, flash_prefill8, flash_decode, flash_decod
 
 const char* name_of(attn_impl i) {
   switch (i) {
-    case attn_impl::flash_prefill4: return "flash_prefill(4 warps)";
-    case attn_impl::flash_prefill8: return "flash_prefill(8 warps)";
-    case attn_impl::flash_decode: return "flash_decode";
-    case attn_impl::flash_decode_split3: return "flash_decode(3 splits)";
-    case attn_impl::paged_decode: return "paged_decode";
+    case attn_impl::flash_prefill4:
+      return "flash_prefill(4 warps)";
+    case attn_impl::flash_prefill8:
+      return "flash_prefill(8 warps)";
+    case attn_impl::flash_decode:
+      return "flash_decode";
+    case attn_impl::flash_decode_split3:
+      return "flash_decode(3 splits)";
+    case attn_impl::paged_decode:
+      return "paged_decode";
   }
   return "?";
 }
@@ -55,7 +60,8 @@ void run_case(const attn_case& c, attn_impl impl, uint32_t seed) {
   std::vector<int32_t> tables(static_cast<size_t>(num_seqs) * max_blocks, -1);
   size_t next = 0;
   for (int s = 0; s < num_seqs; ++s) {
-    for (int b = 0; b < (ctx[s] + c.block_size - 1) / c.block_size; ++b) tables[s * max_blocks + b] = pool[next++];
+    for (int b = 0; b < (ctx[s] + c.block_size - 1) / c.block_size; ++b)
+      tables[s * max_blocks + b] = pool[next++];
     next += 1;  // skip one: a hole between sequences' blocks
   }
   const size_t cache_elems = static_cast<size_t>(num_blocks) * c.block_size * c.num_kv_heads * c.head_dim;
@@ -92,11 +98,21 @@ void run_case(const attn_case& c, attn_impl impl, uint32_t seed) {
   p.scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
   p.sliding_window = c.sliding_window;
   switch (impl) {
-    case attn_impl::flash_prefill4: kc::flash_attention_prefill(p, nullptr, 4); break;
-    case attn_impl::flash_prefill8: kc::flash_attention_prefill(p, nullptr, 8); break;
-    case attn_impl::flash_decode: kc::flash_attention_decode(p, nullptr); break;
-    case attn_impl::flash_decode_split3: kc::flash_attention_decode(p, nullptr, 3); break;
-    case attn_impl::paged_decode: kc::paged_attention_decode(p, nullptr); break;
+    case attn_impl::flash_prefill4:
+      kc::flash_attention_prefill(p, nullptr, 4);
+      break;
+    case attn_impl::flash_prefill8:
+      kc::flash_attention_prefill(p, nullptr, 8);
+      break;
+    case attn_impl::flash_decode:
+      kc::flash_attention_decode(p, nullptr);
+      break;
+    case attn_impl::flash_decode_split3:
+      kc::flash_attention_decode(p, nullptr, 3);
+      break;
+    case attn_impl::paged_decode:
+      kc::paged_attention_decode(p, nullptr);
+      break;
   }
   TROUPE_CUDA_CHECK(cudaDeviceSynchronize());
 
@@ -120,8 +136,9 @@ void run_case(const attn_case& c, attn_impl impl, uint32_t seed) {
   kref::paged_attention(rp);
   // P is rounded to bf16 before P V (as FlashAttention does) and the output is bf16.
   expect_close(to_float(d_out.download()), ref, 2e-2f, 2e-2f, 1.5e-2,
-               std::string(name_of(impl)) + " D=" + std::to_string(c.head_dim) + " H=" + std::to_string(c.num_heads) +
-                   "/" + std::to_string(c.num_kv_heads) + " window=" + std::to_string(c.sliding_window));
+               std::string(name_of(impl)) + " D=" + std::to_string(c.head_dim) +
+                   " H=" + std::to_string(c.num_heads) + "/" + std::to_string(c.num_kv_heads) +
+                   " window=" + std::to_string(c.sliding_window));
 }
 
 class FlashPrefill : public ::testing::TestWithParam<int> {};
@@ -134,8 +151,8 @@ TEST_P(FlashPrefill, RaggedBatchWithCachedPrefixes) {
   attn_case c{{200, 77, 1, 3, 130}, {200, 301, 517, 3, 1000}, 8, 2, d, 16, 0};
   for (attn_impl impl : {attn_impl::flash_prefill4, attn_impl::flash_prefill8}) {
     run_case(c, impl, seed++);
-    run_case({{129, 64}, {129, 64}, 4, 4, d, 16, 0}, impl, seed++);    // MHA, exact tile edges
-    run_case({{150, 40}, {150, 300}, 8, 1, d, 32, 0}, impl, seed++);   // MQA, block size 32
+    run_case({{129, 64}, {129, 64}, 4, 4, d, 16, 0}, impl, seed++);     // MHA, exact tile edges
+    run_case({{150, 40}, {150, 300}, 8, 1, d, 32, 0}, impl, seed++);    // MQA, block size 32
     run_case({{300, 90}, {300, 333}, 8, 2, d, 16, 100}, impl, seed++);  // sliding window
   }
 }
@@ -152,7 +169,8 @@ TEST_P(Decode, FlashAndPagedMatchReference) {
   const std::vector<int> ones(ctx.size(), 1);
   for (attn_impl impl : {attn_impl::flash_decode, attn_impl::flash_decode_split3, attn_impl::paged_decode}) {
     for (const auto& [h, kvh] : {std::pair<int, int>{8, 2}, {8, 8}, {8, 1}, {32, 8}}) {
-      if (impl == attn_impl::paged_decode && h / kvh > d / 8) continue;  // refused: see RefusesUnsupportedShapes
+      if (impl == attn_impl::paged_decode && h / kvh > d / 8)
+        continue;  // refused: see RefusesUnsupportedShapes
       run_case({ones, ctx, h, kvh, d, 16, 0}, impl, seed++);
     }
     run_case({ones, ctx, 8, 2, d, 16, 700}, impl, seed++);  // sliding window

@@ -15,7 +15,8 @@ namespace kref = troupe::kernels::cpu;
 TEST(CudaOps, EmbeddingGathersRows) {
   TROUPE_SKIP_WITHOUT_GPU();
   std::mt19937 rng(11);
-  for (const auto& [rows, vocab, dim] : {std::tuple<int, int, int>{1, 7, 64}, {37, 1000, 264}, {300, 50, 4096}}) {
+  for (const auto& [rows, vocab, dim] :
+       {std::tuple<int, int, int>{1, 7, 64}, {37, 1000, 264}, {300, 50, 4096}}) {
     auto table = random_bf16(rng, static_cast<size_t>(vocab) * dim);
     std::vector<int32_t> ids(rows);
     for (auto& id : ids) id = std::uniform_int_distribution<int>(0, vocab - 1)(rng);
@@ -38,7 +39,8 @@ TEST(CudaOps, AddRmsNormMatchesReference) {
       auto res = random_bf16(rng, n, 2.0f), x = random_bf16(rng, n), w = random_bf16(rng, dim, 0.2f, 1.0f);
       device_buffer<bf16> d_res(res.dev), d_x(x.dev), d_w(w.dev), d_y(n);
       d_y.poison();
-      kc::add_rms_norm(d_res.get(), with_add ? d_x.get() : nullptr, d_w.get(), d_y.get(), rows, dim, 1e-6f, nullptr);
+      kc::add_rms_norm(d_res.get(), with_add ? d_x.get() : nullptr, d_w.get(), d_y.get(), rows, dim, 1e-6f,
+                       nullptr);
       std::vector<float> ref_res = res.ref, ref_y(n);
       if (with_add) {
         // The residual stream is bf16: the reference rounds the sum as the kernel stores it.
@@ -47,6 +49,19 @@ TEST(CudaOps, AddRmsNormMatchesReference) {
       kref::rms_norm(ref_res.data(), w.ref.data(), ref_y.data(), rows, dim, 1e-6f);
       expect_close(to_float(d_res.download()), ref_res, 0, 0, 0, "residual");
       expect_close(to_float(d_y.download()), ref_y, 1e-2f, 1e-2f, 5e-3, "normed");
+
+      // fp32 residual stream: the sum is not rounded.
+      device_buffer<float> d_res32(res.ref);
+      d_y.poison();
+      kc::add_rms_norm(d_res32.get(), with_add ? d_x.get() : nullptr, d_w.get(), d_y.get(), rows, dim, 1e-6f,
+                       nullptr);
+      std::vector<float> ref_res32 = res.ref;
+      if (with_add) {
+        for (size_t i = 0; i < n; ++i) ref_res32[i] += x.ref[i];
+      }
+      kref::rms_norm(ref_res32.data(), w.ref.data(), ref_y.data(), rows, dim, 1e-6f);
+      expect_close(d_res32.download(), ref_res32, 1e-6f, 1e-6f, 1e-7, "fp32 residual");
+      expect_close(to_float(d_y.download()), ref_y, 1e-2f, 1e-2f, 5e-3, "normed (fp32 residual)");
     }
   }
 }
@@ -56,15 +71,18 @@ TEST(CudaOps, HeadRmsNormNormalizesEachHead) {
   std::mt19937 rng(13);
   for (int head_dim : {32, 64, 128, 256}) {
     const int rows = 19, heads = 6, stride = 10 * head_dim;  // q heads inside a wider qkv row
-    auto x = random_bf16(rng, static_cast<size_t>(rows) * stride, 3.0f), w = random_bf16(rng, head_dim, 0.2f, 1.0f);
+    auto x = random_bf16(rng, static_cast<size_t>(rows) * stride, 3.0f),
+         w = random_bf16(rng, head_dim, 0.2f, 1.0f);
     device_buffer<bf16> d_x(x.dev), d_w(w.dev);
     kc::head_rms_norm(d_x.get(), d_w.get(), rows, stride, heads, head_dim, 1e-6f, nullptr);
     std::vector<float> ref = x.ref;
     for (int r = 0; r < rows; ++r) {
       float* row = ref.data() + static_cast<size_t>(r) * stride;
-      kref::rms_norm(row, w.ref.data(), row, heads, head_dim, 1e-6f);  // heads are contiguous rows of head_dim
+      kref::rms_norm(row, w.ref.data(), row, heads, head_dim,
+                     1e-6f);  // heads are contiguous rows of head_dim
     }
-    expect_close(to_float(d_x.download()), ref, 1e-2f, 1e-2f, 5e-3, "head_rms_norm D=" + std::to_string(head_dim));
+    expect_close(to_float(d_x.download()), ref, 1e-2f, 1e-2f, 5e-3,
+                 "head_rms_norm D=" + std::to_string(head_dim));
   }
   device_buffer<bf16> x(96), w(96);
   EXPECT_THROW(kc::head_rms_norm(x.get(), w.get(), 1, 96, 1, 96, 1e-6f, nullptr), std::runtime_error);
@@ -144,12 +162,13 @@ void check_rope_write_kv(std::mt19937& rng, int head_dim, bool per_row_freq, boo
   kref::write_kv(k.data(), v.data(), slots.data(), ref_kc.data(), ref_vc.data(), rows, nkv, head_dim);
   std::vector<float> ref_qkv = qkv.ref;
   for (int r = 0; r < rows; ++r) {
-    std::copy(q.data() + r * nh * head_dim, q.data() + (r + 1) * nh * head_dim, ref_qkv.data() + r * row_elems);
+    std::copy(q.data() + r * nh * head_dim, q.data() + (r + 1) * nh * head_dim,
+              ref_qkv.data() + r * row_elems);
     std::copy(k.data() + r * nkv * head_dim, k.data() + (r + 1) * nkv * head_dim,
               ref_qkv.data() + r * row_elems + nh * head_dim);
   }
-  const std::string what = "rope D=" + std::to_string(head_dim) + (per_row_freq ? " per-row" : "") +
-                           (qk_norm ? " qk-norm" : "");
+  const std::string what =
+      "rope D=" + std::to_string(head_dim) + (per_row_freq ? " per-row" : "") + (qk_norm ? " qk-norm" : "");
   // Angles up to ~9000 rad: fp32 sin/cos of a large argument differ by a few ulp of the argument.
   expect_close(to_float(d_qkv.download()), ref_qkv, 2e-2f, 1e-2f, 5e-3, what + " qkv");
   expect_close(to_float(d_kc.download()), ref_kc, 2e-2f, 1e-2f, 5e-3, what + " k_cache");
@@ -184,7 +203,8 @@ TEST(CudaOps, GemmMatchesReference) {
   std::mt19937 rng(16);
   kc::gemm_context gemm;
   for (const auto& [m, n, k] : {std::tuple<int, int, int>{1, 256, 64}, {37, 320, 264}, {128, 1024, 4096}}) {
-    auto x = random_bf16(rng, static_cast<size_t>(m) * k), w = random_bf16(rng, static_cast<size_t>(n) * k, 0.05f);
+    auto x = random_bf16(rng, static_cast<size_t>(m) * k),
+         w = random_bf16(rng, static_cast<size_t>(n) * k, 0.05f);
     device_buffer<bf16> d_x(x.dev), d_w(w.dev), d_y(static_cast<size_t>(m) * n);
     d_y.poison();
     gemm.matmul_xwt(d_x.get(), d_w.get(), d_y.get(), m, n, k, nullptr);
