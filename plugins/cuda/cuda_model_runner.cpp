@@ -81,7 +81,8 @@ cuda_model_runner::~cuda_model_runner() {
 std::unique_ptr<cuda_model_runner> cuda_model_runner::load(const std::string& model_dir,
                                                            const cuda_runner_options& opt) {
   namespace fs = std::filesystem;
-  if (!fs::is_directory(model_dir)) throw error(model_dir + ": not a model directory");
+  const bool config_file = opt.random_weights && fs::is_regular_file(model_dir);
+  if (!config_file && !fs::is_directory(model_dir)) throw error(model_dir + ": not a model directory");
   if (opt.attention != "flash" && opt.attention != "paged") {
     throw error("attention '" + opt.attention + "' is not one of: flash, paged");
   }
@@ -90,7 +91,7 @@ std::unique_ptr<cuda_model_runner> cuda_model_runner::load(const std::string& mo
   }
   std::unique_ptr<cuda_model_runner> r(new cuda_model_runner());
   r->opt_ = opt;
-  r->cfg_ = model_config::load((fs::path(model_dir) / "config.json").string());
+  r->cfg_ = model_config::load(config_file ? model_dir : (fs::path(model_dir) / "config.json").string());
   const model_config& c = r->cfg_;
   {  // Refuse shapes the kernels were not built for now, with every reason at once.
     std::string why;
@@ -112,44 +113,57 @@ std::unique_ptr<cuda_model_runner> cuda_model_runner::load(const std::string& mo
   TROUPE_CUDA_CHECK(cudaSetDevice(opt.device));
   TROUPE_CUDA_CHECK(cudaStreamCreateWithFlags(&r->stream_, cudaStreamNonBlocking));
   r->gemm_ = std::make_unique<kc::gemm_context>();
-  checkpoint ckpt = checkpoint::open(model_dir);
-  validate_checkpoint(ckpt, c);
-
-  auto upload = [&](const std::vector<float>& host) -> kc::bf16* {
-    if (host.empty()) return nullptr;
-    kc::bf16* d = r->device_alloc<kc::bf16>(host.size());
-    const auto b = to_bf16(host);
-    TROUPE_CUDA_CHECK(cudaMemcpy(d, b.data(), b.size() * sizeof(kc::bf16), cudaMemcpyHostToDevice));
+  std::unique_ptr<checkpoint> ckpt;
+  if (!opt.random_weights) {
+    ckpt = std::make_unique<checkpoint>(checkpoint::open(model_dir));
+    validate_checkpoint(*ckpt, c);
+  }
+  uint64_t seed = opt.seed;
+  // One weight: the named tensors stacked along rows, or numel random values (mean, std) drawn on the GPU.
+  auto weight = [&](const std::vector<std::string>& names, int64_t numel, float mean, float stddev) {
+    kc::bf16* d = r->device_alloc<kc::bf16>(static_cast<size_t>(numel));
+    if (ckpt) {
+      const auto host = to_bf16(stack(*ckpt, names));
+      TROUPE_CHECK_EQ(static_cast<int64_t>(host.size()), numel) << names[0];
+      TROUPE_CUDA_CHECK(cudaMemcpy(d, host.data(), host.size() * sizeof(kc::bf16), cudaMemcpyHostToDevice));
+    } else {
+      kc::fill_random_normal(d, numel, (seed++) * 0x9e3779b97f4a7c15ull, mean, stddev, r->stream_);
+    }
     return d;
   };
-  r->embed_ = upload(load_f32(ckpt, "model.embed_tokens.weight"));
-  r->lm_head_ = c.tie_word_embeddings ? r->embed_ : upload(load_f32(ckpt, "lm_head.weight"));
-  r->final_norm_ = upload(load_f32(ckpt, "model.norm.weight"));
+  const int64_t H = c.hidden_size, V = c.vocab_size, I = c.intermediate_size, hd = c.head_dim;
+  const int64_t qkv_w = c.q_size() + 2 * c.kv_size();
+  r->embed_ = weight({"model.embed_tokens.weight"}, V * H, 0.0f, 0.02f);
+  r->lm_head_ = c.tie_word_embeddings ? r->embed_ : weight({"lm_head.weight"}, V * H, 0.0f, 0.02f);
+  r->final_norm_ = weight({"model.norm.weight"}, H, 1.0f, 0.0f);
   r->layers_.resize(c.num_layers);
   for (int i = 0; i < c.num_layers; ++i) {
     layer& L = r->layers_[i];
     auto n = [&](const std::string& s) { return layer_tensor(i, s); };
-    L.ln1 = upload(load_f32(ckpt, n("input_layernorm.weight")));
-    L.ln2 = upload(load_f32(ckpt, n("post_attention_layernorm.weight")));
-    L.wqkv = upload(stack(
-        ckpt, {n("self_attn.q_proj.weight"), n("self_attn.k_proj.weight"), n("self_attn.v_proj.weight")}));
+    L.ln1 = weight({n("input_layernorm.weight")}, H, 1.0f, 0.0f);
+    L.ln2 = weight({n("post_attention_layernorm.weight")}, H, 1.0f, 0.0f);
+    L.wqkv =
+        weight({n("self_attn.q_proj.weight"), n("self_attn.k_proj.weight"), n("self_attn.v_proj.weight")},
+               qkv_w * H, 0.0f, 0.02f);
     if (c.attention_bias) {
-      L.bqkv = upload(
-          stack(ckpt, {n("self_attn.q_proj.bias"), n("self_attn.k_proj.bias"), n("self_attn.v_proj.bias")}));
-      if (ckpt.find(n("self_attn.o_proj.bias"))) L.bo = upload(load_f32(ckpt, n("self_attn.o_proj.bias")));
+      L.bqkv = weight({n("self_attn.q_proj.bias"), n("self_attn.k_proj.bias"), n("self_attn.v_proj.bias")},
+                      qkv_w, 0.0f, 0.02f);
+      if (ckpt && ckpt->find(n("self_attn.o_proj.bias")))
+        L.bo = weight({n("self_attn.o_proj.bias")}, H, 0.0f, 0.0f);
     }
-    L.wo = upload(load_f32(ckpt, n("self_attn.o_proj.weight")));
+    L.wo = weight({n("self_attn.o_proj.weight")}, H * c.q_size(), 0.0f, 0.02f);
     if (c.qk_norm) {
-      L.q_norm = upload(load_f32(ckpt, n("self_attn.q_norm.weight")));
-      L.k_norm = upload(load_f32(ckpt, n("self_attn.k_norm.weight")));
+      L.q_norm = weight({n("self_attn.q_norm.weight")}, hd, 1.0f, 0.0f);
+      L.k_norm = weight({n("self_attn.k_norm.weight")}, hd, 1.0f, 0.0f);
     }
-    L.wgu = upload(stack(ckpt, {n("mlp.gate_proj.weight"), n("mlp.up_proj.weight")}));
-    L.wdown = upload(load_f32(ckpt, n("mlp.down_proj.weight")));
+    L.wgu = weight({n("mlp.gate_proj.weight"), n("mlp.up_proj.weight")}, 2 * I * H, 0.0f, 0.02f);
+    L.wdown = weight({n("mlp.down_proj.weight")}, H * I, 0.0f, 0.02f);
     if (c.mlp_bias) {
-      L.bgu = upload(stack(ckpt, {n("mlp.gate_proj.bias"), n("mlp.up_proj.bias")}));
-      L.bdown = upload(load_f32(ckpt, n("mlp.down_proj.bias")));
+      L.bgu = weight({n("mlp.gate_proj.bias"), n("mlp.up_proj.bias")}, 2 * I, 0.0f, 0.02f);
+      L.bdown = weight({n("mlp.down_proj.bias")}, H, 0.0f, 0.02f);
     }
   }
+  TROUPE_CUDA_CHECK(cudaStreamSynchronize(r->stream_));  // the random fills ran on the stream
   {
     const auto f = rope_inv_freq(c, 0);
     r->base_inv_freq_ = r->device_alloc<float>(f.size());

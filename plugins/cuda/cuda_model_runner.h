@@ -24,6 +24,10 @@ struct cuda_runner_options {
   int64_t max_kv_tokens = 0;            // when > 0, caps the cache sized from memory
   std::string attention = "flash";      // "flash" or "paged"
   int device = 0;
+  // Benchmarks: weights drawn on the GPU (normal, std 0.02; norm weights 1) instead of read from
+  // safetensors; only config.json is needed.
+  bool random_weights = false;
+  uint64_t seed = 1;
 };
 
 class cuda_model_runner final : public model_runner {

@@ -1,0 +1,127 @@
+// `troupe bench latency|throughput`: the CUDA model runner on a model shape (a checkpoint, or
+// --random-weights with a config.json such as configs/models/llama-3.1-8b/config.json), driven step by step
+// the way the engine drives it: one prefill pass (chunked to --max-batched-tokens) then --output-len decode
+// steps of the whole batch. Decode inputs are random ids (timing does not depend on which token was
+// sampled); every step returns fp32 logits for each sequence to the host, as the engine needs today.
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "cli/args.h"
+#include "cli/bench.h"
+#include "plugins/cuda/cuda_model_runner.h"
+
+namespace troupe::cli {
+namespace {
+
+struct step_inputs {
+  std::vector<int32_t> tokens, positions, slots, query_start, context_lens, logits_rows;
+};
+
+int run_engine_bench(const std::string& mode, int default_batch, int default_input, int default_output,
+                     const std::vector<std::string>& args) {
+  arg_parser ap(
+      "bench " + mode,
+      {"model", "batch", "input-len", "output-len", "attention", "max-batched-tokens", "block-size"},
+      {"random-weights", "json"});
+  ap.parse(args);
+  const std::string model = ap.get_or("model", "configs/models/llama-3.1-8b/config.json");
+  const int B = static_cast<int>(ap.get_int("batch").value_or(default_batch));
+  const int P = static_cast<int>(ap.get_int("input-len").value_or(default_input));
+  const int G = static_cast<int>(ap.get_int("output-len").value_or(default_output));
+  const int max_batched = static_cast<int>(ap.get_int("max-batched-tokens").value_or(8192));
+  cuda_runner_options opt;
+  opt.attention = ap.get_or("attention", "flash");
+  opt.random_weights = ap.has("random-weights");
+  opt.block_size = static_cast<int32_t>(ap.get_int("block-size").value_or(16));
+  const int bs = opt.block_size;
+  const int blocks_per_seq = (P + G + bs - 1) / bs;
+  opt.num_kv_blocks = B * blocks_per_seq;
+
+  const auto t_load = std::chrono::steady_clock::now();
+  auto runner = cuda_model_runner::load(model, opt);
+  const double load_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_load).count();
+  const model_config& c = runner->config();
+  std::vector<int32_t> tables(static_cast<size_t>(B) * blocks_per_seq);
+  for (size_t i = 0; i < tables.size(); ++i)
+    tables[i] = static_cast<int32_t>(i);  // seq s owns its own blocks
+  std::mt19937 rng(7);
+  std::uniform_int_distribution<int32_t> tok(0, c.vocab_size - 1);
+  std::vector<float> logits(static_cast<size_t>(B) * c.vocab_size);
+
+  // One step over sequences [s0, s1): tokens [from, to) of each.
+  auto step = [&](int s0, int s1, int from, int to) {
+    step_inputs in;
+    in.query_start.push_back(0);
+    for (int s = s0; s < s1; ++s) {
+      for (int p = from; p < to; ++p) {
+        in.tokens.push_back(tok(rng));
+        in.positions.push_back(p);
+        in.slots.push_back(tables[static_cast<size_t>(s) * blocks_per_seq + p / bs] * bs + p % bs);
+      }
+      in.query_start.push_back(static_cast<int32_t>(in.tokens.size()));
+      in.context_lens.push_back(to);
+      in.logits_rows.push_back(static_cast<int32_t>(in.tokens.size()) - 1);
+    }
+    forward_batch b;
+    b.token_ids = in.tokens.data();
+    b.positions = in.positions.data();
+    b.slot_mapping = in.slots.data();
+    b.query_start = in.query_start.data();
+    b.context_lens = in.context_lens.data();
+    b.block_tables = tables.data() + static_cast<size_t>(s0) * blocks_per_seq;
+    b.logits_rows = in.logits_rows.data();
+    b.num_tokens = static_cast<int32_t>(in.tokens.size());
+    b.num_seqs = s1 - s0;
+    b.max_blocks_per_seq = blocks_per_seq;
+    b.num_logits = static_cast<int32_t>(in.logits_rows.size());
+    const auto t0 = std::chrono::steady_clock::now();
+    runner->forward(b, logits.data());  // returns after the logits reached the host
+    return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+  };
+
+  // Warm-up on the first sequence's slots (cuBLAS heuristics, buffer growth), then the timed passes.
+  step(0, 1, 0, std::min(P, 16));
+  const int seqs_per_prefill = std::max(1, std::min(B, max_batched / std::max(1, P)));
+  double prefill_ms = 0;
+  for (int s = 0; s < B; s += seqs_per_prefill)
+    prefill_ms += step(s, std::min(B, s + seqs_per_prefill), 0, P);
+  std::vector<double> decode_ms;
+  for (int g = 0; g < G; ++g) decode_ms.push_back(step(0, B, P + g, P + g + 1));
+  std::vector<double> sorted = decode_ms;
+  std::sort(sorted.begin(), sorted.end());
+  const double med = sorted.empty() ? 0 : sorted[sorted.size() / 2];
+  double total = 0;
+  for (double v : decode_ms) total += v;
+  const double tok_s = total > 0 ? 1000.0 * B * G / total : 0;
+
+  if (ap.has("json")) {
+    std::printf(
+        "{\"mode\": \"%s\", \"model\": \"%s\", \"random_weights\": %s, \"attention\": \"%s\", \"batch\": %d, "
+        "\"input_len\": %d, \"output_len\": %d, \"load_s\": %.2f, \"prefill_ms\": %.3f, "
+        "\"decode_ms_per_step_median\": %.4f, \"decode_tokens_per_s\": %.1f}\n",
+        mode.c_str(), model.c_str(), opt.random_weights ? "true" : "false", opt.attention.c_str(), B, P, G,
+        load_s, prefill_ms, med, tok_s);
+  } else {
+    std::printf("%s: %s (%s attention), batch %d, %d in / %d out\n", mode.c_str(), model.c_str(),
+                opt.attention.c_str(), B, P, G);
+    std::printf("  load %.2f s, prefill %.2f ms, decode %.3f ms/step (median), %.1f tokens/s\n", load_s,
+                prefill_ms, med, tok_s);
+  }
+  return 0;
+}
+
+bench_registrar reg_latency("latency",
+                            "CUDA runner: prefill time and per-token decode latency (default batch 1)",
+                            [](const std::vector<std::string>& a) {
+                              return run_engine_bench("latency", 1, 128, 128, a);
+                            });
+bench_registrar reg_throughput(
+    "throughput", "CUDA runner: decode tokens/s at a large batch (default 256, 512-token prompts)",
+    [](const std::vector<std::string>& a) { return run_engine_bench("throughput", 256, 512, 128, a); });
+
+}  // namespace
+}  // namespace troupe::cli
