@@ -1,6 +1,6 @@
 // flash and paged attention against kernels/cpu paged_attention: ragged query lengths, contexts longer than
 // the queries (cached prefixes), shuffled block tables with holes, GQA and MQA, sliding windows, head dims
-// 64/128/256, poisoned outputs.
+// 32/64/128/256, poisoned outputs.
 #include <algorithm>
 #include <numeric>
 

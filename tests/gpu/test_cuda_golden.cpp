@@ -4,11 +4,11 @@
 //
 // Tolerances are for bf16 activations against HF's fp32 forward. The golden models' logits are peaked on
 // purpose (weights std 0.15, logits of magnitude ~10), so bf16's 2^-8 relative rounding shows up as
-// logprob errors of a few 1e-2. Measured on an H200 (2026-11-22): worst teacher-forced error 0.12 (0.13 with a bf16 residual stream)
-// (mistral), worst greedy-step logprob error 0.11, most positions under 5e-2 (all of qwen3); the one token
-// that differed from HF did so at a step whose HF top-2 gap was 0.072 (llama_linear, chunked batch), and
-// flash vs paged logprobs differed by up to 0.051. The 5e-2 targets hold only with fp32
-// activations; these bounds leave ~25 % margin over what was measured.
+// logprob errors of a few 1e-2. Measured on an H200 (2026-11-22): worst teacher-forced error 0.12 (0.13 with
+// a bf16 residual stream) (mistral), worst greedy-step logprob error 0.11, most positions under 5e-2 (all of
+// qwen3); the one token that differed from HF did so at a step whose HF top-2 gap was 0.072 (llama_linear,
+// chunked batch), and flash vs paged logprobs differed by up to 0.051. The 5e-2 targets hold only
+// with fp32 activations; these bounds leave ~25 % margin over what was measured.
 #include <gtest/gtest.h>
 
 #include <cstdlib>
