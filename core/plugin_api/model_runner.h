@@ -39,6 +39,12 @@ class model_runner {
   virtual void forward(const forward_batch& batch, float* logits) = 0;
   // Copies whole KV blocks src[i] -> dst[i] (copy-on-write of shared partial blocks).
   virtual void copy_blocks(const int32_t* src, const int32_t* dst, int32_t n) = 0;
+  // Swap space in host memory for preemption by swapping: num_slots blocks' worth of K/V.
+  virtual void reserve_host_blocks(int32_t num_slots) = 0;
+  // device block src[i] -> host slot dst[i]
+  virtual void swap_out(const int32_t* src, const int32_t* dst, int32_t n) = 0;
+  // host slot src[i] -> device block dst[i]
+  virtual void swap_in(const int32_t* src, const int32_t* dst, int32_t n) = 0;
 };
 
 }  // namespace troupe

@@ -113,6 +113,39 @@ void cpu_model_runner::copy_blocks(const int32_t* src, const int32_t* dst, int32
   }
 }
 
+void cpu_model_runner::reserve_host_blocks(int32_t num_slots) {
+  TROUPE_CHECK_GE(num_slots, 0);
+  num_host_slots_ = num_slots;
+  const size_t n = static_cast<size_t>(num_slots) * block_size_ * cfg_.kv_size();
+  for (auto& L : layers_) {
+    L.k_host.assign(n, 0.0f);
+    L.v_host.assign(n, 0.0f);
+  }
+}
+
+void cpu_model_runner::swap_out(const int32_t* src, const int32_t* dst, int32_t n) {
+  // On the CPU backend "device" and host memory are the same RAM; the copy keeps the contract honest.
+  const size_t block = static_cast<size_t>(block_size_) * cfg_.kv_size();
+  for (auto& L : layers_) {
+    for (int32_t i = 0; i < n; ++i) {
+      TROUPE_CHECK(src[i] >= 0 && src[i] < num_blocks_ && dst[i] >= 0 && dst[i] < num_host_slots_) << src[i] << dst[i];
+      std::memcpy(L.k_host.data() + dst[i] * block, L.k_cache.data() + src[i] * block, block * sizeof(float));
+      std::memcpy(L.v_host.data() + dst[i] * block, L.v_cache.data() + src[i] * block, block * sizeof(float));
+    }
+  }
+}
+
+void cpu_model_runner::swap_in(const int32_t* src, const int32_t* dst, int32_t n) {
+  const size_t block = static_cast<size_t>(block_size_) * cfg_.kv_size();
+  for (auto& L : layers_) {
+    for (int32_t i = 0; i < n; ++i) {
+      TROUPE_CHECK(src[i] >= 0 && src[i] < num_host_slots_ && dst[i] >= 0 && dst[i] < num_blocks_) << src[i] << dst[i];
+      std::memcpy(L.k_cache.data() + dst[i] * block, L.k_host.data() + src[i] * block, block * sizeof(float));
+      std::memcpy(L.v_cache.data() + dst[i] * block, L.v_host.data() + src[i] * block, block * sizeof(float));
+    }
+  }
+}
+
 void cpu_model_runner::forward(const forward_batch& b, float* logits) {
   const model_config& c = cfg_;
   const int64_t T = b.num_tokens, H = c.hidden_size, hd = c.head_dim;

@@ -27,6 +27,9 @@ class cpu_model_runner final : public model_runner {
   int32_t num_kv_blocks() const override { return num_blocks_; }
   void forward(const forward_batch& batch, float* logits) override;
   void copy_blocks(const int32_t* src, const int32_t* dst, int32_t n) override;
+  void reserve_host_blocks(int32_t num_slots) override;
+  void swap_out(const int32_t* src, const int32_t* dst, int32_t n) override;
+  void swap_in(const int32_t* src, const int32_t* dst, int32_t n) override;
 
  private:
   struct layer {
@@ -37,6 +40,7 @@ class cpu_model_runner final : public model_runner {
     std::vector<float> wgu, bgu;          // [2 * inter, hidden]: gate rows then up rows
     std::vector<float> wdown, bdown;      // [hidden, inter]
     std::vector<float> k_cache, v_cache;  // [num_blocks, block_size, num_kv_heads, head_dim]
+    std::vector<float> k_host, v_host;    // [num_host_slots, block_size, num_kv_heads, head_dim] swap space
   };
 
   cpu_model_runner() = default;
@@ -44,6 +48,7 @@ class cpu_model_runner final : public model_runner {
   model_config cfg_;
   int32_t block_size_ = 16;
   int32_t num_blocks_ = 0;
+  int32_t num_host_slots_ = 0;
   std::vector<float> embed_;    // [vocab, hidden]
   std::vector<float> lm_head_;  // [vocab, hidden]; empty when tied to embed_
   std::vector<float> final_norm_;

@@ -1,0 +1,173 @@
+#include "actors/scheduler_actor.h"
+
+#include <unordered_set>
+
+#include "actors/messages.h"
+#include "core/metrics.h"
+#include "core/sched/output_processor.h"
+
+namespace troupe::actors {
+
+namespace {
+
+struct sched_state {
+  std::unique_ptr<scheduler> sched;
+  caf::actor worker;
+  uint64_t epoch = 0;
+  bool busy = false;
+  std::unordered_set<uint64_t> started;  // requests scheduled at least once
+  std::unordered_map<int64_t, uint64_t> seq_rid;
+};
+
+void publish(const scheduler& s, shared_state& st) {
+  const scheduler_stats x = s.stats();
+  st.num_running = x.num_running;
+  st.num_waiting = x.num_waiting;
+  st.num_blocks = x.num_blocks;
+  st.num_blocks_used = x.num_blocks_used;
+  st.num_sequences_in_kv = s.kv().num_sequences();
+  auto& m = global_engine_metrics();
+  const uint64_t dq = x.prefix_queries - st.prefix_queries.exchange(x.prefix_queries);
+  const uint64_t dh = x.prefix_hits - st.prefix_hits.exchange(x.prefix_hits);
+  const uint64_t dp = x.preemptions - st.preemptions.exchange(x.preemptions);
+  if (dq) m.prefix_cache_queries.inc(dq);
+  if (dh) m.prefix_cache_hits.inc(dh);
+  if (dp) m.preemptions.inc(dp);
+  m.requests_running.set(x.num_running);
+  m.requests_waiting.set(x.num_waiting);
+  m.kv_cache_usage.set(x.num_blocks ? static_cast<double>(x.num_blocks_used) / x.num_blocks : 0.0);
+}
+
+}  // namespace
+
+caf::behavior scheduler_actor(caf::event_based_actor* self, scheduler_config cfg, int32_t num_blocks,
+                              int32_t block_size, bool prefix_caching, std::vector<int32_t> eos_ids,
+                              std::shared_ptr<shared_state> st, caf::actor output) {
+  auto s = std::make_shared<sched_state>();
+  s->sched = std::make_unique<scheduler>(cfg, num_blocks, block_size, prefix_caching);
+
+  // Plans and sends the next step when the worker is free and there is work.
+  auto kick = std::make_shared<std::function<void()>>();
+  // On shutdown, drop every actor handle we hold so the system can destroy the actors (no cycles).
+  self->set_exit_handler([=](caf::exit_msg& m) {
+    s->worker = caf::actor{};
+    *kick = nullptr;
+    self->quit(m.reason);
+  });
+  *kick = [=] {
+    if (s->busy || !s->worker || !s->sched->has_work()) return;
+    const auto planned_at = clock::now();
+    step_plan plan = s->sched->plan();
+    std::vector<uint64_t> first = s->sched->take_first_scheduled();
+    publish(*s->sched, *st);
+    if (!s->sched->step_in_flight()) return;
+    s->busy = true;
+    const uint64_t epoch = s->epoch;
+    const int32_t num_tokens = plan.num_tokens;
+    self->request(s->worker, caf::infinite, std::move(plan))
+        .then(
+            [=](step_result& res) {
+              if (epoch != s->epoch) return;  // a restarted worker replaced the one that ran this
+              s->busy = false;
+              outputs_msg msg;
+              msg.outs = s->sched->update(res);
+              msg.first_scheduled = first;
+              msg.scheduled_at = planned_at;
+              msg.now = clock::now();
+              global_engine_metrics().step_duration.observe(
+                  std::chrono::duration<double>(msg.now - planned_at).count());
+              (void)num_tokens;
+              publish(*s->sched, *st);
+              if (!msg.outs.empty() || !msg.first_scheduled.empty()) self->send(output, std::move(msg));
+              (*kick)();
+            },
+            [=](caf::error&) {
+              // The worker died mid-step; the supervisor brings a new one (worker_msg).
+              if (epoch != s->epoch) return;
+              s->busy = false;
+              s->worker = caf::actor{};
+            });
+  };
+
+  return {
+      [=](submit_msg& m) {
+        --st->num_pending;
+        sched_request_in in;
+        in.rid = m.rid;
+        in.prompt = std::move(m.prompt);
+        in.params = m.params;
+        in.priority = m.priority;
+        in.seed = m.seed;
+        in.eos_ids = eos_ids;
+        if (st->dead) {
+          self->send(output, abort_msg{m.rid});
+          return;
+        }
+        if (!s->sched->add(std::move(in))) {
+          self->send(output, abort_msg{m.rid});
+          return;
+        }
+        publish(*s->sched, *st);
+        (*kick)();
+      },
+      [=](abort_msg& m) {
+        s->sched->abort(m.rid);
+        self->send(output, m);
+        publish(*s->sched, *st);
+      },
+      [=](finish_seqs_msg& m) {
+        for (int64_t id : m.seq_ids) s->sched->finish_sequence(id);
+        publish(*s->sched, *st);
+      },
+      [=](worker_msg& m) {
+        const bool restart = static_cast<bool>(s->worker) || s->busy || s->epoch > 0;
+        s->epoch = m.epoch;
+        s->worker = m.worker;
+        s->busy = false;
+        if (restart) s->sched->reset_worker();
+        if (!s->worker) {
+          // No worker any more: every live request fails.
+          self->send(output, caf::close_atom::value);
+          return;
+        }
+        publish(*s->sched, *st);
+        (*kick)();
+      },
+      [=](caf::get_atom) { return s->sched->idle_and_clean(); },
+  };
+}
+
+caf::behavior output_actor(caf::event_based_actor* self, const tokenizer* tok, std::shared_ptr<shared_state> st) {
+  auto proc = std::make_shared<output_processor>(tok);
+  (void)self;
+  return {
+      [=](submit_msg& m) {
+        auto sink = std::move(m.sink);
+        std::string id = m.id;
+        // Unregister the client id once the request has finished, so it can be reused.
+        request_sink wrapped = [st, sink, id](const request_event& ev) {
+          if (ev.finished) {
+            {
+              std::lock_guard<std::mutex> lk(st->ids_mu);
+              st->ids.erase(id);
+            }
+            --st->num_requests;
+          }
+          sink(ev);
+        };
+        proc->add(m.rid, m.id, m.params, m.prompt, std::move(wrapped), m.arrival);
+      },
+      [=](outputs_msg& m) {
+        for (uint64_t rid : m.first_scheduled) proc->mark_scheduled(rid, m.scheduled_at);
+        auto stops = proc->process(m.outs, m.now);
+        if (!stops.empty()) self->send(caf::actor_cast<caf::actor>(self->current_sender()), finish_seqs_msg{stops});
+      },
+      [=](abort_msg& m) { proc->abort(m.rid, clock::now()); },
+      [=](caf::close_atom) {
+        // The engine is dead: fail every live request.
+        proc->fail_all(clock::now(), "the model worker failed repeatedly and was not restarted");
+      },
+  };
+}
+
+}  // namespace troupe::actors

@@ -1,0 +1,128 @@
+#include "core/sched/step_executor.h"
+
+#include <algorithm>
+#include <chrono>
+
+#include "core/error.h"
+
+namespace troupe {
+
+sampled_token step_executor::sample_one(const float* row, mirror& m, int64_t seq_id) {
+  const int32_t vocab = runner_.config().vocab_size;
+  sample_result r = sampler_.sample(row, vocab, *m.params, m.prompt, m.outputs, m.seed, m.outputs.size(), scratch_);
+  m.outputs.push_back(r.id);
+  sampled_token t;
+  t.seq_id = seq_id;
+  t.token = r.id;
+  t.logprob = r.logprob;
+  t.top = std::move(r.top);
+  return t;
+}
+
+step_result step_executor::execute(const step_plan& plan) {
+  const auto t0 = std::chrono::steady_clock::now();
+  step_result res;
+  res.step = plan.step;
+  for (int64_t id : plan.dropped) mirrors_.erase(id);
+
+  auto run_pairs = [&](const std::vector<block_copy>& v, auto fn) {
+    if (v.empty()) return;
+    src_.clear();
+    dst_.clear();
+    for (const auto& c : v) {
+      src_.push_back(c.src);
+      dst_.push_back(c.dst);
+    }
+    fn(src_.data(), dst_.data(), static_cast<int32_t>(v.size()));
+  };
+  // Order matters: swapped-out blocks may be reused by this very step.
+  run_pairs(plan.swap_out, [&](const int32_t* s, const int32_t* d, int32_t n) { runner_.swap_out(s, d, n); });
+  run_pairs(plan.swap_in, [&](const int32_t* s, const int32_t* d, int32_t n) { runner_.swap_in(s, d, n); });
+  run_pairs(plan.copies, [&](const int32_t* s, const int32_t* d, int32_t n) { runner_.copy_blocks(s, d, n); });
+
+  if (plan.seqs.empty()) return res;
+  const int32_t bs = runner_.block_size();
+  ids_.clear();
+  pos_.clear();
+  slots_.clear();
+  qs_.assign(1, 0);
+  ctx_.clear();
+  rows_.clear();
+  prompt_lens_.clear();
+  active_.clear();
+  int32_t max_blocks = 0;
+  for (const auto& st : plan.seqs) {
+    if (st.is_new) {
+      mirror m;
+      m.prompt = st.prompt;
+      m.outputs = st.outputs;
+      m.params = st.params;
+      m.seed = st.seed;
+      mirrors_[st.seq_id] = std::move(m);
+    }
+    auto it = mirrors_.find(st.seq_id);
+    TROUPE_CHECK(it != mirrors_.end()) << "worker has no state for sequence" << st.seq_id;
+    mirror& m = it->second;
+    m.table.resize(st.table_size, -1);
+    for (const auto& [i, b] : st.table_diff) m.table[i] = b;
+    const int32_t n = static_cast<int32_t>(st.tokens.size());
+    TROUPE_CHECK_LE(static_cast<int64_t>(st.start + n), static_cast<int64_t>(m.table.size()) * bs) << st.seq_id;
+    for (int32_t i = 0; i < n; ++i) {
+      const int32_t p = st.start + i;
+      ids_.push_back(st.tokens[i]);
+      pos_.push_back(p);
+      const int32_t block = m.table[p / bs];
+      TROUPE_CHECK_GE(block, 0) << "sequence" << st.seq_id << "has no block at" << p / bs;
+      slots_.push_back(block * bs + p % bs);
+    }
+    qs_.push_back(static_cast<int32_t>(ids_.size()));
+    ctx_.push_back(st.start + n);
+    prompt_lens_.push_back(static_cast<int32_t>(m.prompt.size()));
+    if (st.sample) rows_.push_back(static_cast<int32_t>(ids_.size()) - 1);
+    max_blocks = std::max<int32_t>(max_blocks, static_cast<int32_t>(m.table.size()));
+    active_.push_back(&m);
+  }
+  tables_.assign(static_cast<size_t>(plan.seqs.size()) * max_blocks, 0);
+  for (size_t i = 0; i < active_.size(); ++i) {
+    std::copy(active_[i]->table.begin(), active_[i]->table.end(), tables_.begin() + i * max_blocks);
+  }
+  forward_batch b;
+  b.token_ids = ids_.data();
+  b.positions = pos_.data();
+  b.slot_mapping = slots_.data();
+  b.query_start = qs_.data();
+  b.context_lens = ctx_.data();
+  b.block_tables = tables_.data();
+  b.logits_rows = rows_.data();
+  b.prompt_lens = prompt_lens_.data();
+  b.num_tokens = static_cast<int32_t>(ids_.size());
+  b.num_seqs = static_cast<int32_t>(plan.seqs.size());
+  b.max_blocks_per_seq = max_blocks;
+  b.num_logits = static_cast<int32_t>(rows_.size());
+  const int32_t vocab = runner_.config().vocab_size;
+  logits_.resize(static_cast<size_t>(rows_.size()) * vocab);
+  runner_.forward(b, logits_.data());
+
+  size_t row = 0;
+  for (size_t i = 0; i < plan.seqs.size(); ++i) {
+    const seq_step& st = plan.seqs[i];
+    if (!st.sample) continue;
+    const float* lg = logits_.data() + row++ * static_cast<size_t>(vocab);
+    mirror& m = *active_[i];
+    TROUPE_CHECK_EQ(static_cast<int32_t>(m.outputs.size()), st.output_index) << "sequence" << st.seq_id;
+    // Children of an n > 1 fork start from the parent's state before its own token is appended.
+    for (size_t c = 0; c < st.fork_children.size(); ++c) {
+      mirror child = m;
+      child.seed = st.fork_seeds[c];
+      auto [it, inserted] = mirrors_.insert_or_assign(st.fork_children[c], std::move(child));
+      (void)inserted;
+      res.samples.push_back(sample_one(lg, it->second, st.fork_children[c]));
+    }
+    mirror& m2 = mirrors_.at(st.seq_id);  // insert_or_assign may rehash: look the parent up again
+    res.samples.push_back(sample_one(lg, m2, st.seq_id));
+  }
+  res.forward_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  return res;
+}
+
+}  // namespace troupe
