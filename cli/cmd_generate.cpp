@@ -1,4 +1,4 @@
-// troupe generate: one prompt through the offline engine on the CPU backend.
+// troupe generate: one prompt through the offline engine on the CPU or CUDA backend.
 #include <iostream>
 #include <nlohmann/json.hpp>
 
@@ -24,6 +24,8 @@ const char* kHelp = R"(usage: troupe generate --model DIR (--prompt TEXT | --pro
   --ignore-eos           keep going past the end-of-sequence token
   --num-kv-blocks N      KV cache size in blocks of 16 tokens
   --threads N            CPU threads (default: all cores)
+  --device D             cpu, cuda or auto (default: cuda when built with it and a GPU is present)
+  --attention A          cuda attention plugin: flash (default) or paged
   --json                 print {"prompt_ids","ids","text","logprobs","finish_reason"}
 A text prompt is tokenized with the model's special tokens (BOS) added.
 )";
@@ -36,7 +38,7 @@ int run(const std::vector<std::string>& args) {
   arg_parser ap("generate",
                 {"model", "prompt", "prompt-ids", "max-tokens", "temperature", "top-p", "top-k", "min-p",
                  "repetition-penalty", "presence-penalty", "frequency-penalty", "seed", "logprobs", "stop",
-                 "stop-ids", "num-kv-blocks", "threads"},
+                 "stop-ids", "num-kv-blocks", "threads", "device", "attention"},
                 {"json", "ignore-eos"});
   ap.parse(args);
   auto model = ap.get("model");
@@ -63,8 +65,10 @@ int run(const std::vector<std::string>& args) {
   if (auto v = ap.get_ids("stop-ids")) p.stop_token_ids = *v;
   p.ignore_eos = ap.has("ignore-eos");
 
-  loaded_model m = load_model(*model, static_cast<int32_t>(ap.get_int("num-kv-blocks").value_or(0)),
-                              static_cast<int32_t>(ap.get_int("threads").value_or(0)));
+  model_load_options lo = model_load_options_from(ap);
+  lo.num_kv_blocks = static_cast<int32_t>(ap.get_int("num-kv-blocks").value_or(0));
+  lo.threads = static_cast<int32_t>(ap.get_int("threads").value_or(0));
+  loaded_model m = load_model(*model, lo);
   if (ap.has("prompt")) {
     if (!m.tok) throw error(*model + ": no tokenizer.json, so --prompt cannot be used (give --prompt-ids)");
     req.prompt_ids = m.tok->encode(*ap.get("prompt"), true);

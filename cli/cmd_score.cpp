@@ -12,6 +12,7 @@ namespace troupe::cli {
 namespace {
 
 const char* kHelp = R"(usage: troupe score --model DIR --ids 1,2,3,... [--top K] [--json] [--threads N]
+                   [--device cpu|cuda|auto] [--attention flash|paged]
 
 Prints log p(ids[t] | ids[:t]) for t >= 1, the K most likely next tokens at each of those positions, and
 the perplexity. With --json: {"logprobs":[...],"top":[[{"id","logprob"},...],...],"perplexity":X}.
@@ -22,7 +23,8 @@ int run(const std::vector<std::string>& args) {
     std::cout << kHelp;
     return 0;
   }
-  arg_parser ap("score", {"model", "ids", "top", "threads", "num-kv-blocks"}, {"json"});
+  arg_parser ap("score", {"model", "ids", "top", "threads", "num-kv-blocks", "device", "attention"},
+                {"json"});
   ap.parse(args);
   auto model = ap.get("model");
   if (!model) throw error("--model DIR is required");
@@ -32,8 +34,10 @@ int run(const std::vector<std::string>& args) {
   if (top < 0 || top > 1000) throw error("--top must be in 0..1000");
   int64_t blocks = ap.get_int("num-kv-blocks").value_or(0);
   if (blocks == 0) blocks = static_cast<int64_t>(ids->size() / 16 + 2);
-  loaded_model m = load_model(*model, static_cast<int32_t>(blocks),
-                              static_cast<int32_t>(ap.get_int("threads").value_or(0)));
+  model_load_options lo = model_load_options_from(ap);
+  lo.num_kv_blocks = static_cast<int32_t>(blocks);
+  lo.threads = static_cast<int32_t>(ap.get_int("threads").value_or(0));
+  loaded_model m = load_model(*model, lo);
   offline_engine engine(*m.runner, m.tok.get());
   score_output out = engine.score(*ids, static_cast<int32_t>(top));
   if (ap.has("json")) {

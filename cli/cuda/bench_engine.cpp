@@ -83,9 +83,11 @@ int run_engine_bench(const std::string& mode, int default_batch, int default_inp
     return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
   };
 
-  // Warm-up on the first sequence's slots (cuBLAS heuristics, buffer growth), then the timed passes.
-  step(0, 1, 0, std::min(P, 16));
+  // Warm-up at the timed shapes (cuBLASLt heuristics per GEMM shape, step-buffer growth): one prefill
+  // step of the first group and one decode step of the whole batch; the timed passes rewrite those slots.
   const int seqs_per_prefill = std::max(1, std::min(B, max_batched / std::max(1, P)));
+  step(0, std::min(B, seqs_per_prefill), 0, P);
+  if (G > 0) step(0, B, P, P + 1);
   double prefill_ms = 0;
   for (int s = 0; s < B; s += seqs_per_prefill)
     prefill_ms += step(s, std::min(B, s + seqs_per_prefill), 0, P);
