@@ -1,0 +1,980 @@
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <functional>
+#include <map>
+#include <numeric>
+#include <random>
+#include <string>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+#include "core/error.h"
+#include "core/rng.h"
+#include "core/sched/scheduler.h"
+
+namespace troupe {
+namespace {
+
+using ids = std::vector<int32_t>;
+constexpr int32_t kEos = 2;
+
+ids iota_tokens(int32_t n, int32_t first = 100) {
+  ids t(n);
+  std::iota(t.begin(), t.end(), first);
+  return t;
+}
+
+uint64_t mix64(uint64_t x) {
+  x += 0x9e3779b97f4a7c15ull;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+  return x ^ (x >> 31);
+}
+
+// The fake model: the next token depends only on the sequence's seed and every token before it, so any
+// correct schedule (chunked, cached, preempted, swapped, restarted) produces the same outputs. Never EOS.
+int32_t model_token(uint64_t seed, const ids& tokens, int32_t /*output_index*/) {
+  uint64_t h = mix64(seed);
+  for (int32_t t : tokens) h = mix64(h ^ static_cast<uint32_t>(t));
+  return 3 + static_cast<int32_t>(h % 40);
+}
+
+std::shared_ptr<const sampling_params> params(int32_t max_tokens, int32_t n = 1, bool ignore_eos = true,
+                                              ids stop_ids = {}) {
+  auto p = std::make_shared<sampling_params>();
+  p->max_tokens = max_tokens;
+  p->n = n;
+  p->ignore_eos = ignore_eos;
+  p->stop_token_ids = std::move(stop_ids);
+  return p;
+}
+
+sched_request_in request(uint64_t rid, ids prompt, std::shared_ptr<const sampling_params> p,
+                         int32_t priority = 0, uint64_t seed = 0) {
+  sched_request_in r;
+  r.rid = rid;
+  r.prompt = std::move(prompt);
+  r.params = std::move(p);
+  r.priority = priority;
+  r.seed = seed == 0 ? 1000 + rid : seed;
+  r.eos_ids = {kEos};
+  return r;
+}
+
+// A worker that keeps the token id written at every KV slot, so it can check that every position a step
+// reads (prefix hits, copies, swaps included) holds the right token, and that every block a step writes is
+// owned by that sequence alone.
+class fake_worker {
+ public:
+  fake_worker(int32_t num_blocks, int32_t block_size, int32_t num_host_blocks)
+      : bs_(block_size),
+        device_(num_blocks, ids(block_size, -1)),
+        host_(std::max(num_host_blocks, 1), ids(block_size, -1)) {}
+
+  std::function<int32_t(uint64_t seed, const ids& tokens, int32_t output_index)> next_token = model_token;
+
+  void reset() { seqs_.clear(); }  // the worker died: it forgets every sequence (device memory stays)
+  size_t num_known() const { return seqs_.size(); }
+
+  step_result run(const step_plan& plan, const scheduler& sched) {
+    step_result r;
+    r.step = plan.step;
+    for (int64_t id : plan.dropped) EXPECT_EQ(seqs_.erase(id), 1u) << "dropped unknown seq " << id;
+    for (const auto& c : plan.swap_out) host_.at(c.dst) = device_.at(c.src);
+    for (const auto& c : plan.swap_in) device_.at(c.dst) = host_.at(c.src);
+    for (const auto& c : plan.copies) device_.at(c.dst) = device_.at(c.src);
+    int32_t total = 0;
+    bool seen_new = false;
+    for (const seq_step& st : plan.seqs) {
+      const int32_t n = static_cast<int32_t>(st.tokens.size());
+      total += n;
+      EXPECT_GT(n, 0) << "seq " << st.seq_id;
+      if (st.is_new) {
+        seen_new = true;
+        EXPECT_EQ(seqs_.count(st.seq_id), 0u) << "seq " << st.seq_id;
+        EXPECT_NE(st.params, nullptr);
+        mirror m;
+        m.tokens = st.prompt;
+        m.tokens.insert(m.tokens.end(), st.outputs.begin(), st.outputs.end());
+        m.prompt_len = static_cast<int32_t>(st.prompt.size());
+        m.computed = st.start;
+        m.seed = st.seed;
+        seqs_[st.seq_id] = std::move(m);
+      } else {
+        // Running sequences (already known) are all scheduled before any admission.
+        EXPECT_FALSE(seen_new) << "seq " << st.seq_id << " scheduled after an admission";
+        if (!seqs_.count(st.seq_id)) {
+          ADD_FAILURE() << "seq " << st.seq_id << " not new but unknown to the worker";
+          continue;
+        }
+      }
+      mirror& m = seqs_[st.seq_id];
+      EXPECT_EQ(st.start, m.computed) << "seq " << st.seq_id;
+      for (const auto& [i, b] : st.table_diff) {
+        if (i >= static_cast<int32_t>(m.table.size())) m.table.resize(i + 1, -1);
+        m.table[i] = b;
+      }
+      m.table.resize(st.table_size, -1);
+      EXPECT_EQ(m.table, sched.kv().block_table(st.seq_id)) << "seq " << st.seq_id;
+      const int32_t end = st.start + n;
+      if (end > static_cast<int32_t>(m.tokens.size())) {
+        ADD_FAILURE() << "seq " << st.seq_id << " computes past its tokens";
+        continue;
+      }
+      EXPECT_EQ(st.table_size, (end + bs_ - 1) / bs_) << "seq " << st.seq_id;
+      for (int32_t p = 0; p < st.start; ++p) {
+        const int32_t b = m.table[p / bs_];
+        if (device_.at(b)[p % bs_] != m.tokens[p]) {
+          ADD_FAILURE() << "seq " << st.seq_id << " reads a wrong cached token at position " << p
+                        << " (block " << b << ")";
+          break;
+        }
+      }
+      for (int32_t p = st.start; p < end; ++p) {
+        EXPECT_EQ(st.tokens[p - st.start], m.tokens[p]) << "seq " << st.seq_id << " position " << p;
+        const int32_t b = m.table[p / bs_];
+        // Children forked by this very step already share what it writes (they copy its state after it).
+        EXPECT_EQ(sched.kv().pool().ref_count(b), 1 + static_cast<int32_t>(st.fork_children.size()))
+            << "seq " << st.seq_id << " writes shared block " << b;
+        device_.at(b)[p % bs_] = m.tokens[p];
+      }
+      m.computed = end;
+      EXPECT_EQ(st.sample, end == static_cast<int32_t>(m.tokens.size())) << "seq " << st.seq_id;
+      EXPECT_EQ(st.fork_children.size(), st.fork_seeds.size());
+      if (!st.sample) {
+        EXPECT_TRUE(st.fork_children.empty());
+        continue;
+      }
+      const int32_t out_index = static_cast<int32_t>(m.tokens.size()) - m.prompt_len;
+      EXPECT_EQ(st.output_index, out_index) << "seq " << st.seq_id;
+      std::vector<mirror> children;
+      for (size_t i = 0; i < st.fork_children.size(); ++i) {
+        mirror c = m;
+        c.seed = st.fork_seeds[i];
+        children.push_back(std::move(c));
+      }
+      const int32_t tok = next_token(m.seed, m.tokens, out_index);
+      m.tokens.push_back(tok);
+      r.samples.push_back({st.seq_id, tok, -0.5f, {}});
+      for (size_t i = 0; i < children.size(); ++i) {
+        EXPECT_EQ(seqs_.count(st.fork_children[i]), 0u);
+        mirror& c = seqs_[st.fork_children[i]] = std::move(children[i]);
+        const int32_t ctok = next_token(c.seed, c.tokens, out_index);
+        c.tokens.push_back(ctok);
+        r.samples.push_back({st.fork_children[i], ctok, -0.5f, {}});
+      }
+    }
+    EXPECT_EQ(total, plan.num_tokens);
+    return r;
+  }
+
+ private:
+  struct mirror {
+    ids tokens;  // prompt + outputs as the worker knows them
+    int32_t prompt_len = 0;
+    int32_t computed = 0;
+    ids table;
+    uint64_t seed = 0;
+  };
+  int32_t bs_;
+  std::vector<ids> device_;  // [num_blocks][block_size] token id stored at each slot
+  std::vector<ids> host_;    // [num_host_blocks][block_size]
+  std::unordered_map<int64_t, mirror> seqs_;
+};
+
+using seq_key = std::pair<uint64_t, int32_t>;  // rid, index
+
+// Drives a scheduler against the fake worker one synchronous step at a time.
+struct harness {
+  harness(const scheduler_config& c, int32_t num_blocks, int32_t block_size, bool prefix_caching)
+      : cfg(c),
+        sched(c, num_blocks, block_size, prefix_caching),
+        worker(num_blocks, block_size, c.num_host_blocks) {}
+
+  step_plan plan() {
+    last = sched.plan();
+    EXPECT_LE(last.num_tokens, cfg.max_num_batched_tokens);
+    if (check_seq_cap) {
+      EXPECT_LE(sched.stats().num_running, cfg.max_num_seqs);
+    }
+    return last;
+  }
+  void record(const std::vector<seq_output>& outs) {
+    for (const auto& o : outs) {
+      const seq_key k{o.rid, o.index};
+      EXPECT_EQ(finish.count(k), 0u) << "output after the finish of rid " << o.rid;
+      outputs[k].push_back(o.token);
+      if (o.finish_reason) finish[k] = *o.finish_reason;
+    }
+  }
+  // plan -> worker -> update; returns the outputs.
+  std::vector<seq_output> step() {
+    plan();
+    if (!sched.step_in_flight()) {
+      EXPECT_TRUE(last.seqs.empty());
+      return {};
+    }
+    const step_result r = worker.run(last, sched);
+    auto outs = sched.update(r);
+    record(outs);
+    EXPECT_NO_THROW(sched.kv().pool().check_invariants());
+    return outs;
+  }
+  int run_until_idle(int max_steps = 10000) {
+    int steps = 0;
+    while (sched.has_work() || sched.step_in_flight()) {
+      step();
+      if (++steps > max_steps || ::testing::Test::HasFatalFailure()) {
+        ADD_FAILURE() << "no progress after " << steps << " steps";
+        break;
+      }
+    }
+    step();  // flush dropped ids
+    EXPECT_FALSE(sched.step_in_flight());
+    return steps;
+  }
+
+  scheduler_config cfg;
+  scheduler sched;
+  fake_worker worker;
+  step_plan last;
+  bool check_seq_cap = true;
+  std::map<seq_key, ids> outputs;
+  std::map<seq_key, std::string> finish;
+};
+
+scheduler_config config(int32_t budget, int32_t max_seqs = 256, int64_t max_model_len = 4096) {
+  scheduler_config c;
+  c.max_num_batched_tokens = budget;
+  c.max_num_seqs = max_seqs;
+  c.max_model_len = max_model_len;
+  return c;
+}
+
+std::vector<std::pair<int32_t, int32_t>> diff(std::initializer_list<std::pair<int32_t, int32_t>> l) {
+  return l;
+}
+
+TEST(Scheduler, ChunkedPrefillAtSevenTokens) {
+  harness h(config(7), 64, 4, false);
+  const ids prompt = iota_tokens(20);
+  ASSERT_TRUE(h.sched.add(request(1, prompt, params(3), 0, 77)));
+  EXPECT_EQ(h.sched.stats().num_waiting, 1);
+  EXPECT_EQ(h.sched.stats().num_requests, 1);
+
+  EXPECT_TRUE(h.step().empty());
+  ASSERT_EQ(h.last.seqs.size(), 1u);
+  const seq_step& s1 = h.last.seqs[0];
+  EXPECT_EQ(h.last.step, 1u);
+  EXPECT_EQ(s1.seq_id, 1);
+  EXPECT_EQ(s1.start, 0);
+  EXPECT_EQ(s1.tokens, ids(prompt.begin(), prompt.begin() + 7));
+  EXPECT_TRUE(s1.is_new);
+  EXPECT_FALSE(s1.sample);
+  EXPECT_EQ(s1.prompt, prompt);
+  EXPECT_TRUE(s1.outputs.empty());
+  EXPECT_EQ(s1.seed, rng::derive_seed(77, 0));
+  EXPECT_EQ(s1.table_diff, diff({{0, 0}, {1, 1}}));
+  EXPECT_EQ(s1.table_size, 2);
+  EXPECT_EQ(h.last.num_tokens, 7);
+  EXPECT_EQ(h.sched.take_first_scheduled(), (std::vector<uint64_t>{1}));
+  EXPECT_EQ(h.sched.stats().num_running, 1);
+  EXPECT_EQ(h.sched.stats().num_waiting, 0);
+
+  EXPECT_TRUE(h.step().empty());
+  const seq_step& s2 = h.last.seqs.at(0);
+  EXPECT_EQ(s2.start, 7);
+  EXPECT_EQ(s2.tokens, ids(prompt.begin() + 7, prompt.begin() + 14));
+  EXPECT_FALSE(s2.is_new);
+  EXPECT_FALSE(s2.sample);
+  EXPECT_EQ(s2.table_diff, diff({{2, 2}, {3, 3}}));
+  EXPECT_EQ(s2.table_size, 4);
+  EXPECT_TRUE(h.sched.take_first_scheduled().empty());
+
+  auto outs = h.step();
+  const seq_step& s3 = h.last.seqs.at(0);
+  EXPECT_EQ(s3.start, 14);
+  EXPECT_EQ(s3.tokens.size(), 6u);
+  EXPECT_TRUE(s3.sample);
+  EXPECT_EQ(s3.output_index, 0);
+  EXPECT_EQ(s3.table_diff, diff({{4, 4}}));
+  EXPECT_EQ(s3.table_size, 5);
+  ASSERT_EQ(outs.size(), 1u);
+  EXPECT_EQ(outs[0].rid, 1u);
+  EXPECT_EQ(outs[0].index, 0);
+  EXPECT_EQ(outs[0].seq_id, 1);
+  EXPECT_EQ(outs[0].token, model_token(rng::derive_seed(77, 0), prompt, 0));
+  EXPECT_EQ(outs[0].logprob, -0.5f);
+  EXPECT_FALSE(outs[0].finish_reason.has_value());
+
+  h.step();
+  EXPECT_EQ(h.last.seqs.at(0).start, 20);
+  EXPECT_EQ(h.last.seqs.at(0).output_index, 1);
+  EXPECT_EQ(h.last.seqs.at(0).table_diff, diff({{5, 5}}));
+  EXPECT_EQ(h.last.seqs.at(0).table_size, 6);
+  outs = h.step();
+  EXPECT_EQ(h.last.seqs.at(0).start, 21);
+  EXPECT_EQ(h.last.seqs.at(0).output_index, 2);
+  EXPECT_TRUE(h.last.seqs.at(0).table_diff.empty());
+  ASSERT_EQ(outs.size(), 1u);
+  EXPECT_EQ(outs[0].finish_reason, std::optional<std::string>("length"));
+  EXPECT_FALSE(h.sched.has_work());
+  EXPECT_EQ(h.sched.stats().num_requests, 0);
+  EXPECT_TRUE(h.sched.idle_and_clean());
+  EXPECT_EQ(h.outputs[seq_key(1, 0)].size(), 3u);
+}
+
+std::vector<std::pair<int64_t, int32_t>> starts_and_sizes(const step_plan& p) {
+  std::vector<std::pair<int64_t, int32_t>> v;
+  for (const auto& s : p.seqs) v.push_back({s.seq_id, static_cast<int32_t>(s.tokens.size())});
+  return v;
+}
+using sizes = std::vector<std::pair<int64_t, int32_t>>;
+
+TEST(Scheduler, DecodesFirstThenPrefillChunksWithinTheBudget) {
+  harness h(config(8), 64, 4, false);
+  ASSERT_TRUE(h.sched.add(request(1, iota_tokens(5), params(4))));
+  ASSERT_TRUE(h.sched.add(request(2, iota_tokens(12, 300), params(4))));
+  h.step();  // A's whole prompt, then a 3-token chunk of B
+  EXPECT_EQ(starts_and_sizes(h.last), (sizes{{1, 5}, {2, 3}}));
+  EXPECT_TRUE(h.last.seqs[0].sample);
+  EXPECT_FALSE(h.last.seqs[1].sample);
+  EXPECT_EQ(h.last.num_tokens, 8);
+  h.step();  // A decodes first, B gets the rest of the budget
+  EXPECT_EQ(starts_and_sizes(h.last), (sizes{{1, 1}, {2, 7}}));
+  EXPECT_EQ(h.last.seqs[1].start, 3);
+  EXPECT_EQ(h.last.num_tokens, 8);
+  ASSERT_TRUE(h.sched.add(request(3, iota_tokens(10, 500), params(4))));
+  h.step();  // A decode, B's last 2 prompt tokens, then C is admitted with the 5 left
+  EXPECT_EQ(starts_and_sizes(h.last), (sizes{{1, 1}, {2, 2}, {3, 5}}));
+  EXPECT_TRUE(h.last.seqs[1].sample);
+  EXPECT_TRUE(h.last.seqs[2].is_new);
+  EXPECT_EQ(h.last.num_tokens, 8);
+  auto outs = h.step();  // A's 4th token finishes it
+  EXPECT_EQ(starts_and_sizes(h.last), (sizes{{1, 1}, {2, 1}, {3, 5}}));
+  ASSERT_EQ(outs.size(), 3u);
+  EXPECT_EQ(outs[0].rid, 1u);
+  EXPECT_EQ(outs[0].finish_reason, std::optional<std::string>("length"));
+  EXPECT_FALSE(outs[1].finish_reason.has_value());
+  h.step();
+  EXPECT_EQ(starts_and_sizes(h.last), (sizes{{2, 1}, {3, 1}}));
+  EXPECT_EQ(h.last.dropped, (std::vector<int64_t>{1}));
+  h.run_until_idle();
+  EXPECT_TRUE(h.sched.idle_and_clean());
+  EXPECT_EQ(h.outputs.size(), 3u);
+  for (const auto& [k, v] : h.outputs) EXPECT_EQ(v.size(), 4u) << k.first;
+}
+
+TEST(Scheduler, BudgetOfOneTokenStillMakesProgress) {
+  harness h(config(1), 64, 4, false);
+  ASSERT_TRUE(h.sched.add(request(1, iota_tokens(3), params(2))));
+  ASSERT_TRUE(h.sched.add(request(2, iota_tokens(2, 50), params(2))));
+  for (int i = 0; i < 3; ++i) {
+    h.step();
+    EXPECT_EQ(starts_and_sizes(h.last), (sizes{{1, 1}})) << i;
+  }
+  h.step();  // A's decode uses the whole budget: B still waits
+  EXPECT_EQ(starts_and_sizes(h.last), (sizes{{1, 1}}));
+  EXPECT_EQ(h.sched.stats().num_waiting, 1);
+  const int steps = h.run_until_idle();
+  EXPECT_EQ(steps, 3);  // B: 2 prompt tokens + 1 decode
+  EXPECT_TRUE(h.sched.idle_and_clean());
+}
+
+TEST(Scheduler, MaxNumSeqsCapsRunningSequences) {
+  harness h(config(64, 2), 64, 4, false);
+  for (uint64_t rid = 1; rid <= 3; ++rid) ASSERT_TRUE(h.sched.add(request(rid, iota_tokens(3), params(2))));
+  h.step();
+  EXPECT_EQ(starts_and_sizes(h.last), (sizes{{1, 3}, {2, 3}}));
+  EXPECT_EQ(h.sched.stats().num_running, 2);
+  EXPECT_EQ(h.sched.stats().num_waiting, 1);
+  auto outs = h.step();
+  EXPECT_EQ(starts_and_sizes(h.last), (sizes{{1, 1}, {2, 1}}));
+  ASSERT_EQ(outs.size(), 2u);
+  EXPECT_TRUE(outs[0].finish_reason.has_value());
+  EXPECT_TRUE(outs[1].finish_reason.has_value());
+  EXPECT_EQ(h.sched.stats().num_running, 0);
+  h.step();
+  EXPECT_EQ(starts_and_sizes(h.last), (sizes{{3, 3}}));
+  EXPECT_EQ(h.last.dropped, (std::vector<int64_t>{1, 2}));
+  h.run_until_idle();
+  EXPECT_TRUE(h.sched.idle_and_clean());
+}
+
+TEST(Scheduler, FcfsWithinPriorityLowerValueFirst) {
+  harness h(config(64, 1), 64, 4, false);
+  // rid -> priority; seq ids follow arrival: 10->1, 11->2, 12->3, 13->4, 14->5.
+  ASSERT_TRUE(h.sched.add(request(10, iota_tokens(3), params(1), 0)));
+  ASSERT_TRUE(h.sched.add(request(11, iota_tokens(3), params(1), 0)));
+  ASSERT_TRUE(h.sched.add(request(12, iota_tokens(3), params(1), -1)));
+  ASSERT_TRUE(h.sched.add(request(13, iota_tokens(3), params(1), 5)));
+  ASSERT_TRUE(h.sched.add(request(14, iota_tokens(3), params(1), -1)));
+  std::vector<uint64_t> rids;
+  std::vector<int64_t> seq_ids;
+  for (int i = 0; i < 5; ++i) {
+    h.step();
+    ASSERT_EQ(h.last.seqs.size(), 1u);
+    seq_ids.push_back(h.last.seqs[0].seq_id);
+    for (uint64_t r : h.sched.take_first_scheduled()) rids.push_back(r);
+  }
+  EXPECT_EQ(rids, (std::vector<uint64_t>{12, 14, 10, 11, 13}));
+  EXPECT_EQ(seq_ids, (std::vector<int64_t>{3, 5, 1, 2, 4}));
+  h.run_until_idle();
+  EXPECT_TRUE(h.sched.idle_and_clean());
+
+  // Running sequences are also served in priority order.
+  harness g(config(64), 64, 4, false);
+  ASSERT_TRUE(g.sched.add(request(1, iota_tokens(2), params(3), 1)));
+  ASSERT_TRUE(g.sched.add(request(2, iota_tokens(2), params(3), 0)));
+  g.step();
+  EXPECT_EQ(starts_and_sizes(g.last), (sizes{{2, 2}, {1, 2}}));
+  g.step();
+  EXPECT_EQ(starts_and_sizes(g.last), (sizes{{2, 1}, {1, 1}}));
+  g.run_until_idle();
+  EXPECT_TRUE(g.sched.idle_and_clean());
+}
+
+TEST(Scheduler, WaitingQueueFullRefusesAdmission) {
+  scheduler_config c = config(64);
+  c.max_waiting_requests = 2;
+  harness h(c, 64, 4, false);
+  EXPECT_TRUE(h.sched.add(request(1, iota_tokens(3), params(1))));
+  EXPECT_TRUE(h.sched.add(request(2, iota_tokens(3), params(1))));
+  EXPECT_FALSE(h.sched.add(request(3, iota_tokens(3), params(1))));
+  EXPECT_EQ(h.sched.stats().num_requests, 2);
+  EXPECT_THROW(h.sched.add(request(1, iota_tokens(3), params(1))), error);  // duplicate rid
+  h.run_until_idle();
+  EXPECT_EQ(h.outputs.size(), 2u);
+  EXPECT_TRUE(h.sched.idle_and_clean());
+}
+
+// Two 4-token prompts, 4 blocks of 4: both decode until position 8 needs a third block for A.
+void add_preemption_pair(harness& h) {
+  ASSERT_TRUE(h.sched.add(request(1, iota_tokens(4), params(6))));
+  ASSERT_TRUE(h.sched.add(request(2, iota_tokens(4, 200), params(8))));
+}
+
+std::map<seq_key, ids> reference_outputs(void (*add)(harness&)) {
+  harness ref(config(64), 64, 4, false);
+  add(ref);
+  ref.run_until_idle();
+  EXPECT_EQ(ref.sched.stats().preemptions, 0u);
+  return ref.outputs;
+}
+
+TEST(Scheduler, PreemptionRecomputesTheLastAdmittedSequence) {
+  harness h(config(64), 4, 4, false);
+  add_preemption_pair(h);
+  h.step();
+  EXPECT_EQ(h.last.seqs.at(0).table_diff, diff({{0, 0}}));
+  EXPECT_EQ(h.last.seqs.at(1).table_diff, diff({{0, 1}}));
+  h.step();
+  EXPECT_EQ(h.last.seqs.at(0).table_diff, diff({{1, 2}}));
+  EXPECT_EQ(h.last.seqs.at(1).table_diff, diff({{1, 3}}));
+  for (int i = 0; i < 3; ++i) h.step();
+  EXPECT_EQ(h.sched.stats().preemptions, 0u);
+  EXPECT_EQ(h.sched.kv().pool().num_blocks_free(), 0);
+
+  EXPECT_EQ(h.sched.take_first_scheduled(), (std::vector<uint64_t>{1, 2}));
+  auto outs = h.step();  // A needs a block: B (admitted last) is preempted and gives back 3 then 1
+  EXPECT_EQ(starts_and_sizes(h.last), (sizes{{1, 1}}));
+  EXPECT_EQ(h.last.seqs[0].start, 8);
+  EXPECT_EQ(h.last.seqs[0].table_diff, diff({{2, 1}}));
+  EXPECT_EQ(h.last.dropped, (std::vector<int64_t>{2}));
+  EXPECT_TRUE(h.last.swap_out.empty());
+  EXPECT_EQ(h.sched.stats().preemptions, 1u);
+  EXPECT_EQ(h.sched.stats().num_running, 0);  // A finished with this step
+  EXPECT_EQ(h.sched.stats().num_waiting, 1);
+  ASSERT_EQ(outs.size(), 1u);
+  EXPECT_EQ(outs[0].finish_reason, std::optional<std::string>("length"));
+  const ids b_outputs = h.outputs[seq_key(2, 0)];
+  ASSERT_EQ(b_outputs.size(), 5u);
+
+  h.step();  // B comes back as a new sequence with all its tokens
+  ASSERT_EQ(h.last.seqs.size(), 1u);
+  const seq_step& b = h.last.seqs[0];
+  EXPECT_EQ(b.seq_id, 2);
+  EXPECT_TRUE(b.is_new);
+  EXPECT_EQ(b.start, 0);
+  EXPECT_EQ(b.prompt, iota_tokens(4, 200));
+  EXPECT_EQ(b.outputs, b_outputs);
+  ids all = iota_tokens(4, 200);
+  all.insert(all.end(), b_outputs.begin(), b_outputs.end());
+  EXPECT_EQ(b.tokens, all);
+  EXPECT_TRUE(b.sample);
+  EXPECT_EQ(b.output_index, 5);
+  EXPECT_EQ(b.table_size, 3);
+  EXPECT_EQ(h.last.dropped, (std::vector<int64_t>{1}));
+  EXPECT_TRUE(h.sched.take_first_scheduled().empty());  // not a first scheduling
+  h.run_until_idle();
+  EXPECT_EQ(h.sched.stats().preemptions, 1u);
+  EXPECT_TRUE(h.sched.idle_and_clean());
+  EXPECT_EQ(h.outputs, reference_outputs(add_preemption_pair));
+  EXPECT_EQ(h.finish[seq_key(2, 0)], "length");
+}
+
+TEST(Scheduler, PreemptionBySwapOutThenSwapIn) {
+  scheduler_config c = config(64);
+  c.preemption = preemption_mode::swap;
+  c.num_host_blocks = 4;
+  harness h(c, 4, 4, false);
+  add_preemption_pair(h);
+  for (int i = 0; i < 5; ++i) h.step();
+  EXPECT_TRUE(h.last.swap_out.empty());
+  h.step();
+  ASSERT_EQ(h.last.swap_out.size(), 2u);  // B's blocks 1 and 3 go to host slots 0 and 1
+  EXPECT_EQ(h.last.swap_out[0].src, 1);
+  EXPECT_EQ(h.last.swap_out[0].dst, 0);
+  EXPECT_EQ(h.last.swap_out[1].src, 3);
+  EXPECT_EQ(h.last.swap_out[1].dst, 1);
+  EXPECT_TRUE(h.last.swap_in.empty());
+  EXPECT_EQ(h.last.dropped, (std::vector<int64_t>{2}));
+  EXPECT_EQ(h.sched.stats().preemptions, 1u);
+  const ids b_outputs = h.outputs[seq_key(2, 0)];
+
+  h.step();  // B resumes where it stopped: its 8 computed tokens come back from the host
+  ASSERT_EQ(h.last.seqs.size(), 1u);
+  const seq_step& b = h.last.seqs[0];
+  EXPECT_EQ(b.seq_id, 2);
+  EXPECT_TRUE(b.is_new);
+  EXPECT_EQ(b.start, 8);
+  EXPECT_EQ(b.tokens, (ids{b_outputs.back()}));
+  EXPECT_EQ(b.outputs, b_outputs);
+  EXPECT_EQ(b.table_size, 3);
+  ASSERT_EQ(h.last.swap_in.size(), 2u);
+  ASSERT_EQ(b.table_diff.size(), 3u);
+  EXPECT_EQ(h.last.swap_in[0].src, 0);
+  EXPECT_EQ(h.last.swap_in[0].dst, b.table_diff[0].second);
+  EXPECT_EQ(h.last.swap_in[1].src, 1);
+  EXPECT_EQ(h.last.swap_in[1].dst, b.table_diff[1].second);
+  EXPECT_TRUE(h.last.swap_out.empty());
+  h.run_until_idle();
+  EXPECT_TRUE(h.sched.idle_and_clean());
+  EXPECT_EQ(h.outputs, reference_outputs(add_preemption_pair));
+}
+
+TEST(Scheduler, SwapWithoutHostSpaceFallsBackToRecompute) {
+  scheduler_config c = config(64);
+  c.preemption = preemption_mode::swap;
+  c.num_host_blocks = 1;  // B needs 2 slots
+  harness h(c, 4, 4, false);
+  add_preemption_pair(h);
+  for (int i = 0; i < 6; ++i) h.step();
+  EXPECT_TRUE(h.last.swap_out.empty());
+  EXPECT_EQ(h.sched.stats().preemptions, 1u);
+  h.step();
+  EXPECT_EQ(h.last.seqs.at(0).start, 0);
+  EXPECT_TRUE(h.last.swap_in.empty());
+  h.run_until_idle();
+  EXPECT_TRUE(h.sched.idle_and_clean());
+  EXPECT_EQ(h.outputs, reference_outputs(add_preemption_pair));
+}
+
+TEST(Scheduler, NGreaterThanOneForksOnTheStepThatCompletesThePrompt) {
+  harness h(config(64), 64, 4, false);
+  h.check_seq_cap = false;
+  ASSERT_TRUE(h.sched.add(request(1, iota_tokens(6), params(3, 3), 0, 5)));
+  auto outs = h.step();
+  ASSERT_EQ(h.last.seqs.size(), 1u);
+  EXPECT_EQ(h.last.seqs[0].fork_children, (std::vector<int64_t>{2, 3}));
+  EXPECT_EQ(h.last.seqs[0].fork_seeds,
+            (std::vector<uint64_t>{rng::derive_seed(5, 1), rng::derive_seed(5, 2)}));
+  EXPECT_EQ(h.last.seqs[0].table_diff, diff({{0, 0}, {1, 1}}));
+  ASSERT_EQ(outs.size(), 3u);
+  for (int32_t i = 0; i < 3; ++i) {
+    EXPECT_EQ(outs[i].rid, 1u);
+    EXPECT_EQ(outs[i].index, i);
+    EXPECT_EQ(outs[i].seq_id, i + 1);
+  }
+  EXPECT_EQ(h.sched.stats().num_running, 3);
+  EXPECT_EQ(h.sched.kv().pool().ref_count(0), 3);
+  EXPECT_EQ(h.sched.kv().pool().ref_count(1), 3);
+
+  h.step();  // all three write position 6 into shared block 1: the first two copy, the last writes in place
+  EXPECT_EQ(starts_and_sizes(h.last), (sizes{{1, 1}, {2, 1}, {3, 1}}));
+  ASSERT_EQ(h.last.copies.size(), 2u);
+  EXPECT_EQ(h.last.copies[0].src, 1);
+  EXPECT_EQ(h.last.copies[0].dst, 2);
+  EXPECT_EQ(h.last.copies[1].src, 1);
+  EXPECT_EQ(h.last.copies[1].dst, 3);
+  EXPECT_EQ(h.last.seqs[0].table_diff, diff({{1, 2}}));
+  EXPECT_EQ(h.last.seqs[1].table_diff, diff({{1, 3}}));
+  EXPECT_TRUE(h.last.seqs[2].table_diff.empty());
+  EXPECT_EQ(h.sched.kv().pool().ref_count(0), 3);
+  EXPECT_EQ(h.sched.kv().pool().ref_count(1), 1);
+  outs = h.step();
+  ASSERT_EQ(outs.size(), 3u);
+  for (const auto& o : outs) EXPECT_EQ(o.finish_reason, std::optional<std::string>("length"));
+  EXPECT_EQ(h.sched.stats().num_requests, 0);
+  h.run_until_idle();
+  EXPECT_TRUE(h.sched.idle_and_clean());
+  EXPECT_EQ(h.outputs.size(), 3u);
+  EXPECT_NE(h.outputs[seq_key(1, 1)], h.outputs[seq_key(1, 2)]);  // own seeds
+}
+
+TEST(Scheduler, AbortWaitingRunningAndInFlight) {
+  harness h(config(64, 1), 64, 4, false);
+  ASSERT_TRUE(h.sched.add(request(1, iota_tokens(4), params(10))));
+  ASSERT_TRUE(h.sched.add(request(2, iota_tokens(4), params(10))));
+  h.step();
+  EXPECT_EQ(starts_and_sizes(h.last), (sizes{{1, 4}}));
+  EXPECT_TRUE(h.sched.abort(2));  // waiting
+  EXPECT_FALSE(h.sched.abort(2));
+  EXPECT_FALSE(h.sched.abort(99));
+  EXPECT_EQ(h.sched.stats().num_waiting, 0);
+  EXPECT_EQ(h.sched.stats().num_requests, 1);
+  h.step();
+  EXPECT_TRUE(h.last.dropped.empty());  // the worker never saw request 2
+  EXPECT_TRUE(h.sched.abort(1));        // running
+  EXPECT_EQ(h.sched.stats().num_running, 0);
+  EXPECT_EQ(h.sched.stats().num_requests, 0);
+  EXPECT_EQ(h.sched.kv().pool().num_blocks_used(), 0);
+  EXPECT_TRUE(h.step().empty());
+  EXPECT_TRUE(h.last.seqs.empty());
+  EXPECT_EQ(h.last.dropped, (std::vector<int64_t>{1}));
+  EXPECT_TRUE(h.sched.idle_and_clean());
+  h.plan();
+  EXPECT_FALSE(h.sched.step_in_flight());  // nothing to tell the worker any more
+
+  // Abort while the step runs: its sample is discarded, the id reaches the next plan.
+  ASSERT_TRUE(h.sched.add(request(3, iota_tokens(4), params(10))));
+  h.plan();
+  ASSERT_EQ(h.last.seqs.size(), 1u);
+  const int64_t id3 = h.last.seqs[0].seq_id;
+  EXPECT_EQ(id3, 3);
+  const step_result r = h.worker.run(h.last, h.sched);
+  EXPECT_THROW(h.sched.plan(), error);  // one step at a time
+  EXPECT_TRUE(h.sched.abort(3));
+  EXPECT_TRUE(h.sched.update(r).empty());
+  h.step();
+  EXPECT_EQ(h.last.dropped, (std::vector<int64_t>{3}));
+  EXPECT_TRUE(h.sched.idle_and_clean());
+  EXPECT_THROW(h.sched.update(r), error);  // no step in flight
+}
+
+TEST(Scheduler, AbortOfForkedRequestEndsEverySequence) {
+  harness h(config(64), 64, 4, false);
+  h.check_seq_cap = false;
+  ASSERT_TRUE(h.sched.add(request(1, iota_tokens(6), params(10, 3))));
+  h.step();
+  h.step();
+  EXPECT_EQ(h.sched.stats().num_running, 3);
+  EXPECT_TRUE(h.sched.abort(1));
+  EXPECT_EQ(h.sched.stats().num_running, 0);
+  EXPECT_EQ(h.sched.stats().num_requests, 0);
+  h.step();
+  EXPECT_EQ(h.last.dropped, (std::vector<int64_t>{1, 2, 3}));
+  EXPECT_TRUE(h.sched.idle_and_clean());
+  EXPECT_EQ(h.worker.num_known(), 0u);
+}
+
+// Outputs of one request whose worker plays `script` (output i -> script[i]).
+std::pair<ids, std::string> run_scripted(std::shared_ptr<const sampling_params> p,
+                                         int64_t max_model_len = 4096) {
+  harness h(config(64, 256, max_model_len), 64, 4, false);
+  const ids script = {5, 6, 7, kEos, 8, 9, 10, 11, 12, 13};
+  h.worker.next_token = [script](uint64_t, const ids&, int32_t i) { return script.at(i); };
+  EXPECT_TRUE(h.sched.add(request(1, iota_tokens(4), std::move(p))));
+  h.run_until_idle();
+  EXPECT_TRUE(h.sched.idle_and_clean());
+  return {h.outputs[seq_key(1, 0)], h.finish[seq_key(1, 0)]};
+}
+
+TEST(Scheduler, StopConditions) {
+  using result = std::pair<ids, std::string>;
+  EXPECT_EQ(run_scripted(params(100, 1, false)), result({5, 6, 7, kEos}, "stop"));       // eos
+  EXPECT_EQ(run_scripted(params(6, 1, true)), result({5, 6, 7, kEos, 8, 9}, "length"));  // ignore_eos
+  EXPECT_EQ(run_scripted(params(100, 1, false, {6})), result({5, 6}, "stop"));
+  EXPECT_EQ(run_scripted(params(100, 1, true, {kEos})), result({5, 6, 7, kEos}, "stop"));
+  EXPECT_EQ(run_scripted(params(100, 1, true, {9, 8})), result({5, 6, 7, kEos, 8}, "stop"));
+  EXPECT_EQ(run_scripted(params(1, 1, false)), result({5}, "length"));
+  EXPECT_EQ(run_scripted(params(100, 1, true), 6), result({5, 6}, "length"));  // context length
+  EXPECT_EQ(run_scripted(params(3, 1, false), 6), result({5, 6}, "length"));
+}
+
+TEST(Scheduler, FinishSequence) {
+  harness h(config(64), 64, 4, false);
+  h.check_seq_cap = false;
+  ASSERT_TRUE(h.sched.add(request(1, iota_tokens(4), params(10))));
+  h.step();
+  h.sched.finish_sequence(1);
+  h.sched.finish_sequence(1);   // already finished: no-op
+  h.sched.finish_sequence(42);  // unknown: no-op
+  EXPECT_EQ(h.sched.stats().num_requests, 0);
+  EXPECT_EQ(h.sched.kv().pool().num_blocks_used(), 0);
+  h.step();
+  EXPECT_EQ(h.last.dropped, (std::vector<int64_t>{1}));
+  EXPECT_TRUE(h.sched.idle_and_clean());
+
+  // One forked child ends (e.g. a stop string); its siblings go on.
+  ASSERT_TRUE(h.sched.add(request(2, iota_tokens(6), params(4, 2))));
+  h.step();
+  ASSERT_EQ(h.last.seqs.size(), 1u);
+  EXPECT_EQ(h.last.seqs[0].fork_children, (std::vector<int64_t>{3}));
+  h.sched.finish_sequence(3);
+  EXPECT_EQ(h.sched.stats().num_running, 1);
+  EXPECT_EQ(h.sched.stats().num_requests, 1);
+  h.step();
+  EXPECT_EQ(starts_and_sizes(h.last), (sizes{{2, 1}}));
+  EXPECT_EQ(h.last.dropped, (std::vector<int64_t>{3}));
+  h.run_until_idle();
+  EXPECT_EQ(h.sched.stats().num_requests, 0);
+  EXPECT_EQ(h.outputs[seq_key(2, 0)].size(), 4u);
+  EXPECT_EQ(h.outputs[seq_key(2, 1)].size(), 1u);
+  EXPECT_TRUE(h.sched.idle_and_clean());
+}
+
+// BUG (reported): end_sequence forgets a request only when `forked == (n > 1)`, so ending the only
+// sequence of an n > 1 request before its prompt completed (no fork yet) leaves the request behind.
+// Input: n = 2, 20-token prompt, budget 7; one step (7 prompt tokens), then finish_sequence(1).
+// Expected: stats().num_requests == 0. Actual: 1 (the request and its sequence stay in the maps until an
+// abort(rid), which then erases the request but not its sequence).
+TEST(Scheduler, DISABLED_FinishSequenceBeforeForkForgetsTheRequest) {
+  harness h(config(7), 64, 4, false);
+  ASSERT_TRUE(h.sched.add(request(1, iota_tokens(20), params(4, 2))));
+  h.step();
+  h.sched.finish_sequence(1);
+  EXPECT_EQ(h.sched.stats().num_running, 0);
+  EXPECT_EQ(h.sched.stats().num_requests, 0);
+  h.step();
+  EXPECT_EQ(h.last.dropped, (std::vector<int64_t>{1}));
+  EXPECT_TRUE(h.sched.idle_and_clean());
+  EXPECT_FALSE(h.sched.abort(1));
+}
+
+void add_reset_pair(harness& h) {
+  ASSERT_TRUE(h.sched.add(request(1, iota_tokens(6), params(6))));
+  ASSERT_TRUE(h.sched.add(request(2, iota_tokens(5, 40), params(5))));
+}
+
+TEST(Scheduler, ResetWorkerRecomputesEveryRunningSequence) {
+  harness h(config(64), 64, 4, false);
+  add_reset_pair(h);
+  h.step();
+  h.step();
+  h.plan();  // this step is lost with the worker
+  ASSERT_TRUE(h.sched.step_in_flight());
+  h.sched.reset_worker();
+  h.worker.reset();
+  EXPECT_FALSE(h.sched.step_in_flight());
+  EXPECT_EQ(h.sched.stats().num_running, 0);
+  EXPECT_EQ(h.sched.stats().num_waiting, 2);
+  EXPECT_EQ(h.sched.kv().pool().num_blocks_used(), 0);
+  h.step();
+  ASSERT_EQ(h.last.seqs.size(), 2u);
+  for (const seq_step& st : h.last.seqs) {
+    EXPECT_TRUE(st.is_new);
+    EXPECT_EQ(st.start, 0);
+    EXPECT_EQ(st.outputs.size(), 2u);
+    EXPECT_EQ(st.tokens.size(), st.prompt.size() + 2);
+    EXPECT_EQ(st.output_index, 2);
+  }
+  EXPECT_EQ(h.last.seqs[0].seq_id, 1);
+  EXPECT_EQ(h.last.seqs[1].seq_id, 2);
+  EXPECT_TRUE(h.last.dropped.empty());
+  h.run_until_idle();
+  EXPECT_TRUE(h.sched.idle_and_clean());
+  EXPECT_EQ(h.outputs, reference_outputs(add_reset_pair));
+}
+
+TEST(Scheduler, ResetWorkerWithPrefixCacheReusesCommittedBlocks) {
+  harness h(config(64), 64, 4, true);
+  add_reset_pair(h);
+  h.step();
+  h.step();
+  h.step();
+  h.sched.reset_worker();
+  h.worker.reset();
+  h.step();
+  ASSERT_EQ(h.last.seqs.size(), 2u);
+  // A: 6 prompt + 3 outputs = 9 tokens, two full blocks cached; B: 5 + 3 = 8, one block (never the last).
+  EXPECT_EQ(h.last.seqs[0].start, 8);
+  EXPECT_EQ(h.last.seqs[1].start, 4);
+  EXPECT_TRUE(h.last.seqs[0].is_new);
+  h.run_until_idle();
+  EXPECT_TRUE(h.sched.idle_and_clean());
+  EXPECT_EQ(h.outputs, reference_outputs(add_reset_pair));
+}
+
+TEST(Scheduler, PrefixCacheServesASecondRequest) {
+  harness h(config(64), 64, 4, true);
+  const ids prompt = iota_tokens(10);
+  ASSERT_TRUE(h.sched.add(request(1, prompt, params(2), 0, 9)));
+  h.run_until_idle();
+  EXPECT_EQ(h.sched.stats().prefix_queries, 10u);
+  EXPECT_EQ(h.sched.stats().prefix_hits, 0u);
+  ASSERT_TRUE(h.sched.add(request(2, prompt, params(2), 0, 9)));
+  h.step();
+  ASSERT_EQ(h.last.seqs.size(), 1u);
+  EXPECT_EQ(h.last.seqs[0].start, 8);
+  EXPECT_EQ(h.last.seqs[0].tokens, (ids{108, 109}));
+  EXPECT_EQ(h.last.seqs[0].table_diff, diff({{0, 0}, {1, 1}, {2, 2}}));
+  EXPECT_EQ(h.sched.stats().prefix_queries, 20u);
+  EXPECT_EQ(h.sched.stats().prefix_hits, 8u);
+  h.run_until_idle();
+  EXPECT_EQ(h.outputs[seq_key(1, 0)], h.outputs[seq_key(2, 0)]);  // same seed, same prompt
+  EXPECT_TRUE(h.sched.idle_and_clean());
+}
+
+// Random workload: arrivals over time, random n, priorities, lengths, shared prefixes (prefix hits),
+// aborts at random points, a pool small enough to preempt.
+struct stress_options {
+  bool aborts = true;
+  int32_t num_requests = 300;
+};
+
+struct workload_item {
+  int32_t arrive_step;
+  sched_request_in req;
+};
+
+std::vector<workload_item> make_workload(std::mt19937_64& rng, int32_t num_requests) {
+  std::vector<ids> prefixes;
+  for (int i = 0; i < 4; ++i)
+    prefixes.push_back(iota_tokens(4 + static_cast<int32_t>(rng() % 12), 1000 * (i + 1)));
+  std::vector<workload_item> w;
+  for (int32_t i = 0; i < num_requests; ++i) {
+    ids prompt;
+    if (rng() % 2) prompt = prefixes[rng() % prefixes.size()];
+    const int32_t extra = 1 + static_cast<int32_t>(rng() % 20);
+    for (int32_t k = 0; k < extra; ++k) prompt.push_back(3 + static_cast<int32_t>(rng() % 40));
+    auto p = std::make_shared<sampling_params>();
+    p->max_tokens = 1 + static_cast<int32_t>(rng() % 24);
+    p->n = rng() % 5 == 0 ? 2 + static_cast<int32_t>(rng() % 2) : 1;
+    p->ignore_eos = rng() % 3 == 0;
+    if (rng() % 4 == 0) p->stop_token_ids = {3 + static_cast<int32_t>(rng() % 40)};
+    workload_item it;
+    it.arrive_step = static_cast<int32_t>(rng() % (num_requests / 2));
+    it.req = request(static_cast<uint64_t>(i + 1), prompt, p, static_cast<int32_t>(rng() % 3), rng() | 1);
+    w.push_back(std::move(it));
+  }
+  std::stable_sort(w.begin(), w.end(),
+                   [](const auto& a, const auto& b) { return a.arrive_step < b.arrive_step; });
+  return w;
+}
+
+// Runs the workload; with aborts, random requests are aborted between steps and while a step runs.
+std::map<seq_key, ids> run_workload(const std::vector<workload_item>& w, const scheduler_config& c,
+                                    int32_t num_blocks, bool prefix, std::mt19937_64* abort_rng,
+                                    scheduler_stats* stats = nullptr) {
+  harness h(c, num_blocks, 4, prefix);
+  h.check_seq_cap = false;  // n > 1 children join without passing admission
+  // Tokens in [2, 42): EOS (2) sometimes ends a sequence.
+  h.worker.next_token = [](uint64_t seed, const ids& tokens, int32_t) {
+    return 2 + (model_token(seed, tokens, 0) - 3);
+  };
+  size_t next = 0;
+  int32_t step = 0;
+  std::vector<uint64_t> live;
+  while (next < w.size() || h.sched.has_work() || h.sched.step_in_flight()) {
+    while (next < w.size() && w[next].arrive_step <= step) {
+      EXPECT_TRUE(h.sched.add(w[next].req));
+      live.push_back(w[next].req.rid);
+      ++next;
+    }
+    if (abort_rng && !live.empty() && (*abort_rng)() % 4 == 0) {
+      const size_t i = (*abort_rng)() % live.size();
+      h.sched.abort(live[i]);
+      live.erase(live.begin() + static_cast<std::ptrdiff_t>(i));
+    }
+    h.plan();
+    if (h.sched.step_in_flight()) {
+      const step_result r = h.worker.run(h.last, h.sched);
+      if (abort_rng && !live.empty() && (*abort_rng)() % 8 == 0) {
+        const size_t i = (*abort_rng)() % live.size();
+        h.sched.abort(live[i]);
+        live.erase(live.begin() + static_cast<std::ptrdiff_t>(i));
+      }
+      h.record(h.sched.update(r));
+    }
+    EXPECT_NO_THROW(h.sched.kv().pool().check_invariants());
+    if (::testing::Test::HasFailure() || ++step > 200000) {
+      ADD_FAILURE() << "stopped at step " << step;
+      break;
+    }
+  }
+  h.step();  // flush the last dropped ids
+  if (stats) *stats = h.sched.stats();
+  EXPECT_TRUE(h.sched.idle_and_clean());
+  EXPECT_EQ(h.sched.stats().num_requests, 0);
+  EXPECT_EQ(h.sched.kv().num_sequences(), 0);
+  EXPECT_EQ(h.sched.kv().pool().num_blocks_used(), 0);
+  EXPECT_EQ(h.worker.num_known(), 0u);
+  if (!abort_rng) {
+    for (const auto& item : w) {
+      for (int32_t i = 0; i < item.req.params->n; ++i) {
+        EXPECT_EQ(h.finish.count(seq_key(item.req.rid, i)), 1u) << "rid " << item.req.rid << " seq " << i;
+      }
+    }
+  }
+  return h.outputs;
+}
+
+scheduler_config random_config(std::mt19937_64& rng) {
+  scheduler_config c = config(8 + static_cast<int32_t>(rng() % 57), 4 + static_cast<int32_t>(rng() % 29), 64);
+  if (rng() % 2) {
+    c.preemption = preemption_mode::swap;
+    c.num_host_blocks = static_cast<int32_t>(rng() % 40);
+  }
+  return c;
+}
+
+TEST(Scheduler, RandomAbortStormLeavesNoLeakedBlocks) {
+  uint64_t preemptions = 0, prefix_hits = 0;
+  for (int round = 0; round < 8; ++round) {
+    const uint64_t seed = std::random_device{}() * 0x100000001ull + static_cast<uint64_t>(round);
+    SCOPED_TRACE("seed " + std::to_string(seed));
+    std::mt19937_64 rng(seed);
+    const auto w = make_workload(rng, 300);
+    const scheduler_config c = random_config(rng);
+    // 64-token contexts need at most 16 blocks of 4 each: 20..60 blocks preempts often.
+    const int32_t num_blocks = 20 + static_cast<int32_t>(rng() % 41);
+    scheduler_stats st;
+    run_workload(w, c, num_blocks, round % 2 == 0, &rng, &st);
+    preemptions += st.preemptions;
+    prefix_hits += st.prefix_hits;
+    if (HasFailure()) {
+      std::printf("RandomAbortStormLeavesNoLeakedBlocks failed with seed %llu\n",
+                  static_cast<unsigned long long>(seed));
+      break;
+    }
+  }
+  EXPECT_GT(preemptions, 0u);
+  EXPECT_GT(prefix_hits, 0u);
+}
+
+TEST(Scheduler, RandomWorkloadOutputDoesNotDependOnScheduling) {
+  const uint64_t seed = std::random_device{}() * 0x100000001ull + 7;
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  std::mt19937_64 rng(seed);
+  const auto w = make_workload(rng, 200);
+  const auto reference = run_workload(w, config(4096, 1024, 64), 4096, false, nullptr);
+  for (int round = 0; round < 3 && !HasFailure(); ++round) {
+    const scheduler_config c = random_config(rng);
+    const int32_t num_blocks = 20 + static_cast<int32_t>(rng() % 41);
+    const auto got = run_workload(w, c, num_blocks, rng() % 2 == 0, nullptr);
+    EXPECT_EQ(got, reference) << "round " << round;
+  }
+  if (HasFailure()) {
+    std::printf("RandomWorkloadOutputDoesNotDependOnScheduling failed with seed %llu\n",
+                static_cast<unsigned long long>(seed));
+  }
+}
+
+TEST(Scheduler, ConfigChecks) {
+  EXPECT_THROW(scheduler(config(64, 8, 0), 8, 4, false), error);
+  EXPECT_THROW(scheduler(config(0, 8, 64), 8, 4, false), error);
+  EXPECT_THROW(scheduler(config(64, 0, 64), 8, 4, false), error);
+  scheduler s(config(64, 8, 64), 8, 4, false);
+  EXPECT_THROW(s.add(request(1, iota_tokens(2), nullptr)), error);
+  const step_plan p = s.plan();
+  EXPECT_TRUE(p.seqs.empty());
+  EXPECT_FALSE(s.step_in_flight());
+  EXPECT_TRUE(s.idle_and_clean());
+}
+
+}  // namespace
+}  // namespace troupe
