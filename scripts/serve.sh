@@ -1,12 +1,9 @@
 #!/usr/bin/env bash
-# The README's first command: installs, builds and runs the embedded default model named by
-# configs/default.yaml. Until the HTTP gateway lands this runs one generation on it (CPU engine).
+# The README's first command: installs, builds and serves the embedded default model named by
+# configs/default.yaml (CPU when no GPU is found, the GPU otherwise). Extra arguments go to `troupe serve`
+# (e.g. --port 9000). Ctrl-C drains and stops.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/install-deps.sh
 ./scripts/build.sh
-CONFIG="${1:-configs/default.yaml}"
-MODEL=$(sed -n 's/^model:[[:space:]]*//p' "$CONFIG" | head -n1 | tr -d '"')
-PROMPT="${PROMPT:-Once upon a time}"
-echo "troupe: model $MODEL (from $CONFIG), prompt: $PROMPT" >&2
-exec "${BUILD_DIR:-build}"/cli/troupe generate --model "$MODEL" --prompt "$PROMPT" --max-tokens 32 --temperature 0
+exec "${BUILD_DIR:-build}"/cli/troupe serve --config configs/default.yaml "$@"
