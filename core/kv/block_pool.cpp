@@ -1,12 +1,15 @@
 #include "core/kv/block_pool.h"
 
+#include <algorithm>
+#include <functional>
+
 #include "core/error.h"
 
 namespace troupe {
 
 uint64_t block_hash(uint64_t parent_hash, const int32_t* tokens, int32_t n) {
   // FNV-1a over the parent hash and the token ids, finished with a splitmix64 avalanche.
-  uint64_t h = 0xcbf29ce484222325ull ^ parent_hash;
+  uint64_t h = 0xcbf29ce484222325ull;
   auto mix = [&](uint64_t v) {
     for (int i = 0; i < 8; ++i) {
       h ^= (v >> (8 * i)) & 0xff;
@@ -24,10 +27,14 @@ uint64_t block_hash(uint64_t parent_hash, const int32_t* tokens, int32_t n) {
   return h;
 }
 
-block_pool::block_pool(int32_t num_blocks) : blocks_(num_blocks) {
-  TROUPE_CHECK_GT(num_blocks, 0);
+static int32_t checked_size(int32_t n) {
+  TROUPE_CHECK_GT(n, 0);
+  return n;
+}
+
+block_pool::block_pool(int32_t num_blocks) : blocks_(checked_size(num_blocks)) {
   free_.reserve(num_blocks);
-  for (int32_t i = num_blocks - 1; i >= 0; --i) free_.push_back(i);
+  for (int32_t i = 0; i < num_blocks; ++i) free_.push_back(i);  // ascending: already a min-heap
 }
 
 void block_pool::drop_hash(int32_t id) {
@@ -41,6 +48,7 @@ void block_pool::drop_hash(int32_t id) {
 int32_t block_pool::allocate() {
   int32_t id;
   if (!free_.empty()) {
+    std::pop_heap(free_.begin(), free_.end(), std::greater<int32_t>());
     id = free_.back();
     free_.pop_back();
   } else if (!lru_.empty()) {
@@ -73,6 +81,7 @@ void block_pool::release(int32_t id) {
     b.in_lru = true;
   } else {
     free_.push_back(id);  // active -> free
+    std::push_heap(free_.begin(), free_.end(), std::greater<int32_t>());
   }
 }
 
@@ -105,6 +114,7 @@ void block_pool::reset_prefix_cache() {
   for (int32_t id : lru_) {
     blocks_[id].in_lru = false;
     free_.push_back(id);
+    std::push_heap(free_.begin(), free_.end(), std::greater<int32_t>());
   }
   lru_.clear();
   for (auto& b : blocks_) b.hashed = false;

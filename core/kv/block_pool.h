@@ -63,7 +63,7 @@ class block_pool {
   void drop_hash(int32_t id);
 
   std::vector<block> blocks_;
-  std::vector<int32_t> free_;  // stack, lowest id on top
+  std::vector<int32_t> free_;  // min-heap: the lowest free id is handed out first
   std::list<int32_t> lru_;     // evictable, least recently released first
   std::unordered_map<uint64_t, int32_t> by_hash_;
 };

@@ -53,7 +53,9 @@ void scheduler::end_sequence(sequence& s) {
   if (s.worker_knows) dropped_.push_back(s.id);
   s.worker_knows = false;
   request* r = s.req;
-  if (--r->num_live == 0 && r->forked == (r->in.params->n > 1)) {
+  // A prompt that ends before its fork (abort, stop) will never have children.
+  if (!r->forked && r->in.params->n > 1) r->forked = true;
+  if (--r->num_live == 0) {
     // Every sequence ended: forget the request (sequences go with it).
     const uint64_t rid = r->in.rid;
     for (int64_t id : r->seq_ids) seqs_.erase(id);

@@ -270,7 +270,7 @@ TEST(BlockPool, BlockHashChainsParentAndTokens) {
 // the first mixed byte cancels the parent's low byte: parents that differ only in bits 0..7 give the same
 // child hash for the same tokens (only 56 bits of the parent count). Input: block_hash(0, {1,2,3,4}, 4) and
 // block_hash(1, {1,2,3,4}, 4). Expected: different. Actual: both 7792933290310688463.
-TEST(BlockPool, DISABLED_BlockHashUsesEveryBitOfTheParent) {
+TEST(BlockPool, BlockHashUsesEveryBitOfTheParent) {
   const std::vector<int32_t> a = {1, 2, 3, 4};
   EXPECT_NE(block_hash(0, a.data(), 4), block_hash(1, a.data(), 4));
   EXPECT_NE(block_hash(kRootBlockHash, a.data(), 4), block_hash(kRootBlockHash ^ 0xff, a.data(), 4));
@@ -278,12 +278,12 @@ TEST(BlockPool, DISABLED_BlockHashUsesEveryBitOfTheParent) {
 
 // BUG (reported, minor): block_pool(-1) sizes its vector before TROUPE_CHECK_GT(num_blocks, 0) runs, so a
 // negative count throws std::length_error instead of troupe::error.
-TEST(BlockPool, DISABLED_NegativeSizeThrowsTroupeError) { EXPECT_THROW(block_pool(-1), error); }
+TEST(BlockPool, NegativeSizeThrowsTroupeError) { EXPECT_THROW(block_pool(-1), error); }
 
 // BUG (reported): the header promises free blocks are "handed out lowest id first", but release() pushes
 // the freed id on top of the free stack, so allocation is LIFO once blocks come back.
 // Input: pool(4); allocate 0,1,2; release 0 then 2; allocate. Expected 0 (lowest free id); actual 2.
-TEST(BlockPool, DISABLED_FreedBlocksHandedOutLowestIdFirst) {
+TEST(BlockPool, FreedBlocksHandedOutLowestIdFirst) {
   block_pool p(4);
   EXPECT_EQ(p.allocate(), 0);
   EXPECT_EQ(p.allocate(), 1);

@@ -732,7 +732,7 @@ TEST(Scheduler, FinishSequence) {
 // Input: n = 2, 20-token prompt, budget 7; one step (7 prompt tokens), then finish_sequence(1).
 // Expected: stats().num_requests == 0. Actual: 1 (the request and its sequence stay in the maps until an
 // abort(rid), which then erases the request but not its sequence).
-TEST(Scheduler, DISABLED_FinishSequenceBeforeForkForgetsTheRequest) {
+TEST(Scheduler, FinishSequenceBeforeForkForgetsTheRequest) {
   harness h(config(7), 64, 4, false);
   ASSERT_TRUE(h.sched.add(request(1, iota_tokens(20), params(4, 2))));
   h.step();
