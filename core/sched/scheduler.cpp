@@ -181,6 +181,7 @@ step_plan scheduler::plan() {
   TROUPE_CHECK(!in_flight_) << "a step is already in flight";
   step_plan plan;
   plan.step = ++step_;
+  plan.seqs.reserve(running_.size() + 8);
   int32_t budget = cfg_.max_num_batched_tokens;
   bool preempted = false;
 
@@ -266,7 +267,9 @@ step_plan scheduler::plan() {
   pending_swap_out_.clear();
   plan.swap_in = std::move(pending_swap_in_);
   pending_swap_in_.clear();
-  last_plan_ = plan;  // the per-seq token lists are small; kept to commit hashes after the step
+  last_step_ = plan.step;
+  last_seqs_.clear();
+  for (const auto& q : plan.seqs) last_seqs_.push_back(q.seq_id);
   in_flight_ = !plan.seqs.empty() || !plan.swap_out.empty() || !plan.swap_in.empty() || !plan.dropped.empty();
   return plan;
 }
@@ -288,12 +291,12 @@ std::optional<std::string> scheduler::check_stop(const sequence& s, int32_t toke
 
 std::vector<seq_output> scheduler::update(const step_result& result) {
   TROUPE_CHECK(in_flight_) << "no step in flight";
-  TROUPE_CHECK_EQ(result.step, last_plan_.step);
+  TROUPE_CHECK_EQ(result.step, last_step_);
   in_flight_ = false;
-  for (const auto& st : last_plan_.seqs) {
-    auto it = seqs_.find(st.seq_id);
+  for (int64_t id : last_seqs_) {
+    auto it = seqs_.find(id);
     if (it == seqs_.end() || it->second->finished || !it->second->in_kv) continue;
-    kv_.commit(st.seq_id, it->second->tokens, it->second->num_computed);
+    kv_.commit(id, it->second->tokens, it->second->num_computed);
   }
   std::vector<seq_output> outs;
   outs.reserve(result.samples.size());

@@ -134,7 +134,8 @@ class scheduler {
   uint64_t next_order_ = 1;
   uint64_t step_ = 0;
   bool in_flight_ = false;
-  step_plan last_plan_;
+  uint64_t last_step_ = 0;
+  std::vector<int64_t> last_seqs_;  // sequences of the in-flight step, to commit their hashes
   uint64_t preemptions_ = 0;
   std::vector<uint64_t> first_scheduled_;
 };

@@ -78,7 +78,9 @@ TEST(tokenizer_unicode, lossy_output_is_valid_on_random_bytes) {
       s.push_back(static_cast<char>(std::uniform_int_distribution<int>(0x70, 0xFF)(rng)));
     std::string out = from_utf8_lossy(s);
     ASSERT_TRUE(troupe::unicode::is_valid_utf8(out));
-    if (troupe::unicode::is_valid_utf8(s)) ASSERT_EQ(out, s);
+    if (troupe::unicode::is_valid_utf8(s)) {
+      ASSERT_EQ(out, s);
+    }
   }
 }
 
