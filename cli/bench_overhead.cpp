@@ -101,8 +101,8 @@ int run(const std::vector<std::string>& args) {
   return 0;
 }
 
-bench_registrar reg("overhead", "scheduler + KV manager + actor path per step against a no-math worker (--json)",
-                    run);
+bench_registrar reg("overhead",
+                    "scheduler + KV manager + actor path per step against a no-math worker (--json)", run);
 
 }  // namespace
 }  // namespace troupe::cli

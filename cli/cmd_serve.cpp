@@ -20,7 +20,8 @@
 namespace troupe::cli {
 namespace {
 
-const char* kHelp = R"(usage: troupe serve [--config FILE] [--model DIR] [--host H] [--port P] [--<setting> VALUE ...]
+const char* kHelp =
+    R"(usage: troupe serve [--config FILE] [--model DIR] [--host H] [--port P] [--<setting> VALUE ...]
 
 Serves a model over the OpenAI-compatible HTTP API (with SSE), WebSocket streaming (/v1/ws), /metrics,
 /health, /ready and /version. Every setting of the config file (YAML or JSON) is also a flag with dashes
@@ -28,7 +29,7 @@ for underscores; flags win. Settings:
   model, served_model_name, host, port, threads, cpu_threads, api_keys (list), api_key_file,
   public_routes (list), max_body_bytes, tls_cert_file, tls_key_file, block_size, num_kv_blocks,
   max_kv_tokens, max_num_batched_tokens, max_num_seqs, max_waiting_requests, max_model_len,
-  enable_prefix_caching, preemption (recompute|swap), swap_space_blocks
+  enable_prefix_caching, preemption (recompute|swap), swap_space_blocks, allow_request_chat_template
   --device cpu|cuda|auto (default auto: the GPU when there is one), --attention flash|paged
 )";
 
@@ -107,9 +108,10 @@ int run(const std::vector<std::string>& args) {
                                                    : cfg.served_model_name;
   if (name.empty()) name = cfg.model;
   so.served_model_name = name;
+  so.allow_request_chat_template = cfg.allow_request_chat_template;
   try {
-    so.chat_renderer =
-        gateway::make_chat_renderer(std::make_shared<model_chat_template>(model_chat_template::load(cfg.model)));
+    so.chat_renderer = gateway::make_chat_renderer(
+        std::make_shared<model_chat_template>(model_chat_template::load(cfg.model)));
   } catch (const error& e) {
     std::cerr << "troupe serve: no chat template (" << e.what() << "); chat requests will be refused\n";
   }
@@ -117,8 +119,8 @@ int run(const std::vector<std::string>& args) {
   // Listen first: /health answers and /ready says 503 while the model loads.
   gateway::server server(so, nullptr);
   server.start();
-  std::cerr << "troupe serve: listening on " << (cfg.tls_cert_file.empty() ? "http://" : "https://") << cfg.host
-            << ":" << server.port() << " (model '" << name << "')" << std::endl;
+  std::cerr << "troupe serve: listening on " << (cfg.tls_cert_file.empty() ? "http://" : "https://")
+            << cfg.host << ":" << server.port() << " (model '" << name << "')" << std::endl;
   std::cout << "listening on " << cfg.host << ":" << server.port() << std::endl;
 
   const auto t0 = std::chrono::steady_clock::now();
@@ -145,7 +147,8 @@ int run(const std::vector<std::string>& args) {
   server.set_engine(&engine);
   std::cerr << "troupe serve: " << m.device << " engine ready in "
             << std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() << " s ("
-            << m.runner->num_kv_blocks() << " KV blocks of " << m.runner->block_size() << " tokens)" << std::endl;
+            << m.runner->num_kv_blocks() << " KV blocks of " << m.runner->block_size() << " tokens)"
+            << std::endl;
 
   int sig = 0;
   sigwait(&sigs, &sig);

@@ -69,40 +69,81 @@ std::vector<std::string> parse_list(const std::string& v) {
 }  // namespace
 
 const std::vector<std::string>& serve_config::keys() {
-  static const std::vector<std::string> k = {
-      "model",          "served_model_name",      "host",          "port",
-      "threads",        "cpu_threads",            "api_keys",      "api_key_file",
-      "public_routes",  "max_body_bytes",         "tls_cert_file", "tls_key_file",
-      "block_size",     "num_kv_blocks",          "max_kv_tokens", "max_num_batched_tokens",
-      "max_num_seqs",   "max_waiting_requests",   "max_model_len", "enable_prefix_caching",
-      "preemption",     "swap_space_blocks"};
+  static const std::vector<std::string> k = {"model",
+                                             "served_model_name",
+                                             "host",
+                                             "port",
+                                             "threads",
+                                             "cpu_threads",
+                                             "api_keys",
+                                             "api_key_file",
+                                             "public_routes",
+                                             "max_body_bytes",
+                                             "tls_cert_file",
+                                             "tls_key_file",
+                                             "block_size",
+                                             "num_kv_blocks",
+                                             "max_kv_tokens",
+                                             "max_num_batched_tokens",
+                                             "max_num_seqs",
+                                             "max_waiting_requests",
+                                             "max_model_len",
+                                             "enable_prefix_caching",
+                                             "preemption",
+                                             "swap_space_blocks",
+                                             "allow_request_chat_template"};
   return k;
 }
 
 void set_serve_config_value(serve_config& c, const std::string& key, const std::string& v) {
-  if (key == "model") c.model = v;
-  else if (key == "served_model_name") c.served_model_name = v;
-  else if (key == "host") c.host = v;
-  else if (key == "port") c.port = parse_int(key, v);
-  else if (key == "threads") c.threads = parse_int(key, v);
-  else if (key == "cpu_threads") c.cpu_threads = parse_int(key, v);
-  else if (key == "api_keys") c.api_keys = parse_list(v);
-  else if (key == "api_key_file") c.api_key_file = v;
-  else if (key == "public_routes") c.public_routes = parse_list(v);
-  else if (key == "max_body_bytes") c.max_body_bytes = parse_int(key, v);
-  else if (key == "tls_cert_file") c.tls_cert_file = v;
-  else if (key == "tls_key_file") c.tls_key_file = v;
-  else if (key == "block_size") c.block_size = parse_int(key, v);
-  else if (key == "num_kv_blocks") c.num_kv_blocks = parse_int(key, v);
-  else if (key == "max_kv_tokens") c.max_kv_tokens = parse_int(key, v);
-  else if (key == "max_num_batched_tokens") c.max_num_batched_tokens = parse_int(key, v);
-  else if (key == "max_num_seqs") c.max_num_seqs = parse_int(key, v);
-  else if (key == "max_waiting_requests") c.max_waiting_requests = parse_int(key, v);
-  else if (key == "max_model_len") c.max_model_len = parse_int(key, v);
-  else if (key == "enable_prefix_caching") c.enable_prefix_caching = parse_bool(key, v);
-  else if (key == "preemption") c.preemption = v;
-  else if (key == "swap_space_blocks") c.swap_space_blocks = parse_int(key, v);
-  else throw error("unknown setting '" + key + "' (did you mean '" + closest(key) + "'?)");
+  if (key == "model")
+    c.model = v;
+  else if (key == "served_model_name")
+    c.served_model_name = v;
+  else if (key == "host")
+    c.host = v;
+  else if (key == "port")
+    c.port = parse_int(key, v);
+  else if (key == "threads")
+    c.threads = parse_int(key, v);
+  else if (key == "cpu_threads")
+    c.cpu_threads = parse_int(key, v);
+  else if (key == "api_keys")
+    c.api_keys = parse_list(v);
+  else if (key == "api_key_file")
+    c.api_key_file = v;
+  else if (key == "public_routes")
+    c.public_routes = parse_list(v);
+  else if (key == "max_body_bytes")
+    c.max_body_bytes = parse_int(key, v);
+  else if (key == "tls_cert_file")
+    c.tls_cert_file = v;
+  else if (key == "tls_key_file")
+    c.tls_key_file = v;
+  else if (key == "block_size")
+    c.block_size = parse_int(key, v);
+  else if (key == "num_kv_blocks")
+    c.num_kv_blocks = parse_int(key, v);
+  else if (key == "max_kv_tokens")
+    c.max_kv_tokens = parse_int(key, v);
+  else if (key == "max_num_batched_tokens")
+    c.max_num_batched_tokens = parse_int(key, v);
+  else if (key == "max_num_seqs")
+    c.max_num_seqs = parse_int(key, v);
+  else if (key == "max_waiting_requests")
+    c.max_waiting_requests = parse_int(key, v);
+  else if (key == "max_model_len")
+    c.max_model_len = parse_int(key, v);
+  else if (key == "enable_prefix_caching")
+    c.enable_prefix_caching = parse_bool(key, v);
+  else if (key == "preemption")
+    c.preemption = v;
+  else if (key == "swap_space_blocks")
+    c.swap_space_blocks = parse_int(key, v);
+  else if (key == "allow_request_chat_template")
+    c.allow_request_chat_template = parse_bool(key, v);
+  else
+    throw error("unknown setting '" + key + "' (did you mean '" + closest(key) + "'?)");
 }
 
 void load_serve_config_file(const std::string& path, serve_config& cfg) {
@@ -151,8 +192,10 @@ std::vector<std::string> validate_serve_config(const serve_config& c) {
   if (c.max_waiting_requests < 1) p.push_back("max_waiting_requests must be >= 1");
   if (c.max_model_len < 0) p.push_back("max_model_len must be >= 0");
   if (c.max_body_bytes < 1024) p.push_back("max_body_bytes must be >= 1024");
-  if (c.preemption != "recompute" && c.preemption != "swap") p.push_back("preemption must be recompute or swap");
-  if (c.tls_cert_file.empty() != c.tls_key_file.empty()) p.push_back("tls_cert_file and tls_key_file go together");
+  if (c.preemption != "recompute" && c.preemption != "swap")
+    p.push_back("preemption must be recompute or swap");
+  if (c.tls_cert_file.empty() != c.tls_key_file.empty())
+    p.push_back("tls_cert_file and tls_key_file go together");
   return p;
 }
 

@@ -56,6 +56,7 @@ struct gateway_state {
     }
     c.model_name = model_name();
     c.render_chat = &opts.chat_renderer;
+    c.allow_request_chat_template = opts.allow_request_chat_template;
     return c;
   }
 };

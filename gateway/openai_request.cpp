@@ -216,6 +216,14 @@ json normalize_messages(const json& messages) {
 }
 
 std::vector<int32_t> render_chat(const json& body, const json& messages, const request_context& ctx) {
+  const json* custom = find(body, "chat_template");
+  if (custom && !ctx.allow_request_chat_template) {
+    throw api_error(400,
+                    "'chat_template' in a request is refused: the operator has not enabled "
+                    "allow_request_chat_template",
+                    "invalid_request_error", "chat_template", "chat_template_not_allowed");
+  }
+  if (custom && !custom->is_string()) throw bad_request("'chat_template' must be a string", "chat_template");
   if (!ctx.render_chat || !*ctx.render_chat) {
     throw api_error(
         400,
@@ -238,6 +246,7 @@ std::vector<int32_t> render_chat(const json& body, const json& messages, const r
       throw bad_request("'chat_template_kwargs' must be an object", "chat_template_kwargs");
     options["chat_template_kwargs"] = *v;
   }
+  if (custom) options["chat_template"] = *custom;
   std::string prompt;
   try {
     prompt = (*ctx.render_chat)(normalize_messages(messages), options);

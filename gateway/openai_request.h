@@ -33,6 +33,9 @@ struct request_context {
   int64_t max_model_len = 0;
   std::string model_name;                        // the served name; a request naming another model gets 404
   const prompt_renderer* render_chat = nullptr;  // null or empty: chat is refused with a 400
+  // A "chat_template" in the request body replaces the model's only when the operator allows it
+  // (server_options::allow_request_chat_template); otherwise such a request gets a 400.
+  bool allow_request_chat_template = false;
 };
 
 struct generation_request {

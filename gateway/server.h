@@ -51,6 +51,7 @@ struct server_options {
 
   std::string served_model_name;                   // empty: the engine's info().name
   prompt_renderer chat_renderer;                   // empty: chat requests are refused with a 400
+  bool allow_request_chat_template = false;        // accept a "chat_template" sent in a request
   std::chrono::milliseconds drain_timeout{30000};  // stop() waits this long for in-flight requests
   int retry_after_s = 1;                           // Retry-After on 429 and 503
   std::string version = TROUPE_VERSION;            // GET /version

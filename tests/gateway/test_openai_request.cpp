@@ -158,6 +158,30 @@ TEST_F(OpenAIRequest, ChatRendersJoinsPartsAndDefaultsToTheRestOfTheContext) {
       400);
 }
 
+TEST_F(OpenAIRequest, RequestChatTemplateRefusedUnlessTheOperatorAllowsIt) {
+  ctx_.render_chat = &renderer_;
+  const char* body =
+      R"({"messages":[{"role":"user","content":"hi"}],"chat_template":"{{ messages[0].content }}!"})";
+  const api_error e = error_of(body, api_kind::chat);
+  EXPECT_EQ(e.status, 400);
+  EXPECT_EQ(e.code, "chat_template_not_allowed");
+  EXPECT_EQ(e.param, "chat_template");
+  // Allowed: the renderer receives the template with the other options.
+  std::string seen;
+  prompt_renderer spy = [&](const json&, const json& options) {
+    seen = options.value("chat_template", std::string());
+    return std::string("ok");
+  };
+  ctx_.render_chat = &spy;
+  ctx_.allow_request_chat_template = true;
+  const generation_request r = parse_chat_request(parse_json_object(body), ctx_);
+  EXPECT_EQ(seen, "{{ messages[0].content }}!");
+  EXPECT_EQ(r.prompt_ids.size(), 2u);
+  EXPECT_EQ(
+      error_of(R"({"messages":[{"role":"user","content":"hi"}],"chat_template":5})", api_kind::chat).status,
+      400);
+}
+
 TEST_F(OpenAIRequest, WebSocketNeedsExactlyOnePromptKind) {
   EXPECT_EQ(
       error_of(R"({"type":"generate","id":"a","prompt":"x","prompt_ids":[1]})", api_kind::websocket).status,
