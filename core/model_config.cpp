@@ -6,6 +6,7 @@
 #include <sstream>
 
 #include "core/error.h"
+#include "core/json_file.h"
 
 namespace troupe {
 
@@ -222,15 +223,7 @@ model_config model_config::from_json(const json& j, const std::string& source) {
   return c;
 }
 
-model_config model_config::load(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw error(path + ": cannot open");
-  std::stringstream ss;
-  ss << in.rdbuf();
-  json j = json::parse(ss.str(), nullptr, false);
-  if (j.is_discarded()) throw error(path + ": not valid JSON");
-  return from_json(j, path);
-}
+model_config model_config::load(const std::string& path) { return from_json(read_json_file(path), path); }
 
 int64_t model_config::max_model_len() const {
   if (rope.type == rope_type::linear || rope.type == rope_type::dynamic) {

@@ -6,6 +6,26 @@
 
 namespace troupe {
 
+std::vector<float> load_tensor_f32(const checkpoint& ckpt, const std::string& name) {
+  const tensor_view& t = ckpt.at(name);
+  std::vector<float> out(static_cast<size_t>(t.numel()));
+  tensor_to_f32(t, out.data());
+  return out;
+}
+
+std::vector<float> stack_tensors_f32(const checkpoint& ckpt, const std::vector<std::string>& names) {
+  size_t total = 0;
+  for (const auto& n : names) total += static_cast<size_t>(ckpt.at(n).numel());
+  std::vector<float> out(total);
+  size_t at = 0;
+  for (const auto& n : names) {
+    const tensor_view& t = ckpt.at(n);
+    tensor_to_f32(t, out.data() + at);
+    at += static_cast<size_t>(t.numel());
+  }
+  return out;
+}
+
 std::string layer_tensor(int layer, const std::string& suffix) {
   return "model.layers." + std::to_string(layer) + "." + suffix;
 }

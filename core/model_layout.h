@@ -23,6 +23,11 @@ std::vector<expected_tensor> expected_tensors(const model_config& c);
 // BF16/F16/F32. Ignores buffers HF never loads (rotary_emb.inv_freq).
 void validate_checkpoint(const checkpoint& ckpt, const model_config& c);
 
+// A checkpoint tensor converted to fp32 (throws naming tensor and file on a missing one or a bad dtype).
+std::vector<float> load_tensor_f32(const checkpoint& ckpt, const std::string& name);
+// Tensors stacked along dim 0 in fp32, e.g. q, k, v into one [q + 2 kv, hidden] matrix for one GEMM.
+std::vector<float> stack_tensors_f32(const checkpoint& ckpt, const std::vector<std::string>& names);
+
 // Names of one layer's tensors, shared by every backend.
 std::string layer_tensor(int layer, const std::string& suffix);
 

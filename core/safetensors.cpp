@@ -14,6 +14,7 @@
 #include <sstream>
 
 #include "core/error.h"
+#include "core/json_file.h"
 
 namespace troupe {
 
@@ -178,16 +179,6 @@ safetensors_file::safetensors_file(const std::string& path) : file_(std::make_sh
     t.data = file_->data() + data_begin + b;
     tensors_.emplace(name, std::move(t));
   }
-}
-
-static json read_json_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw error(path + ": cannot open");
-  std::stringstream ss;
-  ss << in.rdbuf();
-  json j = json::parse(ss.str(), nullptr, false);
-  if (j.is_discarded()) throw error(path + ": not valid JSON");
-  return j;
 }
 
 checkpoint checkpoint::open(const std::string& model_dir) {

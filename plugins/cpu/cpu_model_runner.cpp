@@ -16,23 +16,6 @@ namespace k = kernels::cpu;
 
 namespace {
 
-std::vector<float> load_f32(const checkpoint& ckpt, const std::string& name) {
-  const tensor_view& t = ckpt.at(name);
-  std::vector<float> out(static_cast<size_t>(t.numel()));
-  tensor_to_f32(t, out.data());
-  return out;
-}
-
-// Stacks tensors along dim 0 (rows), e.g. q, k, v into one [q + 2 kv, hidden] matrix for one GEMM.
-std::vector<float> stack(const checkpoint& ckpt, const std::vector<std::string>& names) {
-  std::vector<float> out;
-  for (const auto& n : names) {
-    auto part = load_f32(ckpt, n);
-    out.insert(out.end(), part.begin(), part.end());
-  }
-  return out;
-}
-
 template <typename T>
 void grow(std::vector<T>& v, size_t n) {
   if (v.size() < n) v.resize(n);
@@ -50,32 +33,32 @@ std::unique_ptr<cpu_model_runner> cpu_model_runner::load(const std::string& mode
   checkpoint ckpt = checkpoint::open(model_dir);
   validate_checkpoint(ckpt, c);
 
-  r->embed_ = load_f32(ckpt, "model.embed_tokens.weight");
-  if (!c.tie_word_embeddings) r->lm_head_ = load_f32(ckpt, "lm_head.weight");
-  r->final_norm_ = load_f32(ckpt, "model.norm.weight");
+  r->embed_ = load_tensor_f32(ckpt, "model.embed_tokens.weight");
+  if (!c.tie_word_embeddings) r->lm_head_ = load_tensor_f32(ckpt, "lm_head.weight");
+  r->final_norm_ = load_tensor_f32(ckpt, "model.norm.weight");
   r->layers_.resize(c.num_layers);
   for (int i = 0; i < c.num_layers; ++i) {
     layer& L = r->layers_[i];
     auto n = [&](const std::string& s) { return layer_tensor(i, s); };
-    L.ln1 = load_f32(ckpt, n("input_layernorm.weight"));
-    L.ln2 = load_f32(ckpt, n("post_attention_layernorm.weight"));
-    L.wqkv = stack(
+    L.ln1 = load_tensor_f32(ckpt, n("input_layernorm.weight"));
+    L.ln2 = load_tensor_f32(ckpt, n("post_attention_layernorm.weight"));
+    L.wqkv = stack_tensors_f32(
         ckpt, {n("self_attn.q_proj.weight"), n("self_attn.k_proj.weight"), n("self_attn.v_proj.weight")});
     if (c.attention_bias) {
-      L.bqkv =
-          stack(ckpt, {n("self_attn.q_proj.bias"), n("self_attn.k_proj.bias"), n("self_attn.v_proj.bias")});
-      if (ckpt.find(n("self_attn.o_proj.bias"))) L.bo = load_f32(ckpt, n("self_attn.o_proj.bias"));
+      L.bqkv = stack_tensors_f32(
+          ckpt, {n("self_attn.q_proj.bias"), n("self_attn.k_proj.bias"), n("self_attn.v_proj.bias")});
+      if (ckpt.find(n("self_attn.o_proj.bias"))) L.bo = load_tensor_f32(ckpt, n("self_attn.o_proj.bias"));
     }
-    L.wo = load_f32(ckpt, n("self_attn.o_proj.weight"));
+    L.wo = load_tensor_f32(ckpt, n("self_attn.o_proj.weight"));
     if (c.qk_norm) {
-      L.q_norm = load_f32(ckpt, n("self_attn.q_norm.weight"));
-      L.k_norm = load_f32(ckpt, n("self_attn.k_norm.weight"));
+      L.q_norm = load_tensor_f32(ckpt, n("self_attn.q_norm.weight"));
+      L.k_norm = load_tensor_f32(ckpt, n("self_attn.k_norm.weight"));
     }
-    L.wgu = stack(ckpt, {n("mlp.gate_proj.weight"), n("mlp.up_proj.weight")});
-    L.wdown = load_f32(ckpt, n("mlp.down_proj.weight"));
+    L.wgu = stack_tensors_f32(ckpt, {n("mlp.gate_proj.weight"), n("mlp.up_proj.weight")});
+    L.wdown = load_tensor_f32(ckpt, n("mlp.down_proj.weight"));
     if (c.mlp_bias) {
-      L.bgu = stack(ckpt, {n("mlp.gate_proj.bias"), n("mlp.up_proj.bias")});
-      L.bdown = load_f32(ckpt, n("mlp.down_proj.bias"));
+      L.bgu = stack_tensors_f32(ckpt, {n("mlp.gate_proj.bias"), n("mlp.up_proj.bias")});
+      L.bdown = load_tensor_f32(ckpt, n("mlp.down_proj.bias"));
     }
   }
 
@@ -128,7 +111,8 @@ void cpu_model_runner::swap_out(const int32_t* src, const int32_t* dst, int32_t 
   const size_t block = static_cast<size_t>(block_size_) * cfg_.kv_size();
   for (auto& L : layers_) {
     for (int32_t i = 0; i < n; ++i) {
-      TROUPE_CHECK(src[i] >= 0 && src[i] < num_blocks_ && dst[i] >= 0 && dst[i] < num_host_slots_) << src[i] << dst[i];
+      TROUPE_CHECK(src[i] >= 0 && src[i] < num_blocks_ && dst[i] >= 0 && dst[i] < num_host_slots_)
+          << src[i] << dst[i];
       std::memcpy(L.k_host.data() + dst[i] * block, L.k_cache.data() + src[i] * block, block * sizeof(float));
       std::memcpy(L.v_host.data() + dst[i] * block, L.v_cache.data() + src[i] * block, block * sizeof(float));
     }
@@ -139,7 +123,8 @@ void cpu_model_runner::swap_in(const int32_t* src, const int32_t* dst, int32_t n
   const size_t block = static_cast<size_t>(block_size_) * cfg_.kv_size();
   for (auto& L : layers_) {
     for (int32_t i = 0; i < n; ++i) {
-      TROUPE_CHECK(src[i] >= 0 && src[i] < num_host_slots_ && dst[i] >= 0 && dst[i] < num_blocks_) << src[i] << dst[i];
+      TROUPE_CHECK(src[i] >= 0 && src[i] < num_host_slots_ && dst[i] >= 0 && dst[i] < num_blocks_)
+          << src[i] << dst[i];
       std::memcpy(L.k_cache.data() + dst[i] * block, L.k_host.data() + src[i] * block, block * sizeof(float));
       std::memcpy(L.v_cache.data() + dst[i] * block, L.v_host.data() + src[i] * block, block * sizeof(float));
     }

@@ -23,23 +23,6 @@ std::vector<kc::bf16> to_bf16(const std::vector<float>& f) {
   return out;
 }
 
-std::vector<float> load_f32(const checkpoint& ckpt, const std::string& name) {
-  const tensor_view& t = ckpt.at(name);
-  std::vector<float> out(static_cast<size_t>(t.numel()));
-  tensor_to_f32(t, out.data());
-  return out;
-}
-
-// Stacks tensors along dim 0, e.g. q, k, v into one [q + 2 kv, hidden] matrix for one GEMM.
-std::vector<float> stack(const checkpoint& ckpt, const std::vector<std::string>& names) {
-  std::vector<float> out;
-  for (const auto& n : names) {
-    auto part = load_f32(ckpt, n);
-    out.insert(out.end(), part.begin(), part.end());
-  }
-  return out;
-}
-
 }  // namespace
 
 template <typename T>
@@ -123,7 +106,7 @@ std::unique_ptr<cuda_model_runner> cuda_model_runner::load(const std::string& mo
   auto weight = [&](const std::vector<std::string>& names, int64_t numel, float mean, float stddev) {
     kc::bf16* d = r->device_alloc<kc::bf16>(static_cast<size_t>(numel));
     if (ckpt) {
-      const auto host = to_bf16(stack(*ckpt, names));
+      const auto host = to_bf16(stack_tensors_f32(*ckpt, names));
       TROUPE_CHECK_EQ(static_cast<int64_t>(host.size()), numel) << names[0];
       TROUPE_CUDA_CHECK(cudaMemcpy(d, host.data(), host.size() * sizeof(kc::bf16), cudaMemcpyHostToDevice));
     } else {
