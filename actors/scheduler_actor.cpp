@@ -63,7 +63,6 @@ caf::behavior scheduler_actor(caf::event_based_actor* self, scheduler_config cfg
     if (!s->sched->step_in_flight()) return;
     s->busy = true;
     const uint64_t epoch = s->epoch;
-    const int32_t num_tokens = plan.num_tokens;
     self->request(s->worker, caf::infinite, std::move(plan))
         .then(
             [=](step_result& res) {
@@ -76,7 +75,6 @@ caf::behavior scheduler_actor(caf::event_based_actor* self, scheduler_config cfg
               msg.now = clock::now();
               global_engine_metrics().step_duration.observe(
                   std::chrono::duration<double>(msg.now - planned_at).count());
-              (void)num_tokens;
               publish(*s->sched, *st);
               if (!msg.outs.empty() || !msg.first_scheduled.empty()) self->send(output, std::move(msg));
               (*kick)();

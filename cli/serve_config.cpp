@@ -184,7 +184,9 @@ std::vector<std::string> validate_serve_config(const serve_config& c) {
   std::vector<std::string> p;
   if (c.port < 0 || c.port > 65535) p.push_back("port must be in 0..65535");
   if (c.threads < 0 || c.cpu_threads < 0) p.push_back("threads and cpu_threads must be >= 0");
-  if (c.block_size < 1 || c.block_size > 1024) p.push_back("block_size must be in 1..1024");
+  // The runners are built with 16-token blocks (the CUDA kernels' layout); other sizes are refused rather
+  // than silently ignored.
+  if (c.block_size != 16) p.push_back("block_size must be 16 (the only block size the backends support)");
   if (c.num_kv_blocks < 0) p.push_back("num_kv_blocks must be >= 0");
   if (c.max_kv_tokens < 1) p.push_back("max_kv_tokens must be >= 1");
   if (c.max_num_batched_tokens < 1) p.push_back("max_num_batched_tokens must be >= 1");
