@@ -1,32 +1,8 @@
 // The /v1/ws protocol with the npm ws client: concurrent ids on one socket, duplicate ids, cancel,
 // validation errors, bad frames, ping/pong, size and slow-reader limits, and disconnect aborts.
-import { check, eq, expectedText, finish, metrics, requireNpm, sleep, startServer } from './server.mjs';
+import { check, connectWs, eq, expectedText, finish, metrics, sleep, startServer } from './server.mjs';
 
-const WebSocket = requireNpm('ws');
-
-function connect(url, opts) {
-  const ws = new WebSocket(url, opts);
-  const frames = [];
-  const waiters = [];
-  ws.on('message', (data, isBinary) => {
-    const f = isBinary ? { binary: true } : JSON.parse(data.toString());
-    frames.push(f);
-    for (const w of [...waiters]) if (w.pred(f)) { waiters.splice(waiters.indexOf(w), 1); w.resolve(f); }
-  });
-  const closed = new Promise((r) => ws.on('close', (code, reason) => r({ code, reason: reason.toString() })));
-  const opened = new Promise((r, j) => { ws.on('open', r); ws.on('error', j); });
-  const waitFor = (pred, ms = 5000) => {
-    const hit = frames.find(pred);
-    if (hit) return Promise.resolve(hit);
-    return new Promise((resolve, reject) => {
-      const w = { pred, resolve };
-      waiters.push(w);
-      setTimeout(() => reject(new Error('timed out waiting for a frame')), ms);
-    });
-  };
-  const send = (obj) => ws.send(typeof obj === 'string' ? obj : JSON.stringify(obj));
-  return { ws, frames, closed, opened, waitFor, send };
-}
+const connect = connectWs;
 
 const abortCount = async (url) => (await metrics(url))['troupe_requests_total{finish_reason="abort"}'] ?? 0;
 
