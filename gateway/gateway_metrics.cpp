@@ -12,6 +12,10 @@ gateway_metrics& global_gateway_metrics() {
         r.counter_family("troupe_request_errors_total",
                          "Requests refused or failed, by error type (validation, auth, queue_full, ...).",
                          {"type"}),
+        r.counter_family(
+            "troupe_api_errors_total",
+            "Errors answered to clients, by OpenAI error type and HTTP status or WebSocket code.",
+            {"type", "code"}),
         r.make_gauge("troupe_websocket_connections", "Open WebSocket connections."),
         r.make_gauge("troupe_http_connections", "Open HTTP connections (WebSockets included)."),
         r.make_counter("troupe_client_disconnects_total", "Requests aborted because the client went away."),

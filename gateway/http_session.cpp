@@ -185,6 +185,7 @@ void http_session<Stream>::on_header(beast::error_code ec) {
     if (key.empty() && path == "/v1/ws") key = authenticator::query_param(req.target(), "api_key");
     if (!st_->auth.key_valid(key)) {
       st_->metrics.count_error("authentication");
+      st_->metrics.count_api_error("authentication_error", "401");
       // The body is not read: close rather than parse it as the next request.
       return send(http::status::unauthorized,
                   api_error(401, "a valid API key is required (Authorization: Bearer <key>)",
@@ -352,6 +353,8 @@ void http_session<Stream>::on_event(const request_event& ev) {
       gen_active_ = false;
       return send_error(e);
     }
+    // Inside an SSE stream whose header already said 200: counted with the error's own status.
+    st_->metrics.count_api_error(e.type, std::to_string(e.status));
     queue_chunk("data: " + e.body().dump(-1, ' ', false, json::error_handler_t::replace) +
                 "\n\ndata: [DONE]\n\n");
     final_queued_ = true;
@@ -475,6 +478,7 @@ void http_session<Stream>::send(http::status status, std::string body, const cha
 template <class Stream>
 void http_session<Stream>::send_error(const api_error& e, bool close) {
   st_->metrics.count_error(e.code.empty() ? e.type : e.code);
+  st_->metrics.count_api_error(e.type, std::to_string(e.status));
   const int retry = (e.status == 429 || e.status == 503) ? st_->opts.retry_after_s : 0;
   send(static_cast<http::status>(e.status), e.body().dump(-1, ' ', false, json::error_handler_t::replace),
        "application/json", close, retry);

@@ -22,6 +22,15 @@ namespace {
 
 constexpr size_t kMaxIdBytes = 256;
 
+// The close code Beast answered a protocol violation in a read with (impl/read.hpp); null for errors that
+// answered nothing (a timeout, a reset).
+const char* beast_close_code(beast::error_code ec) {
+  if (ec.category() != make_error_code(websocket::error::closed).category()) return nullptr;
+  if (ec == websocket::error::message_too_big) return "1009";
+  if (ec == websocket::error::bad_frame_payload) return "1007";
+  return "1002";
+}
+
 json error_frame(const json& id, const std::string& message, const std::string& type,
                  const std::string& code) {
   return {{"type", "error"}, {"id", id}, {"error", {{"message", message}, {"type", type}, {"code", code}}}};
@@ -76,6 +85,8 @@ class ws_session : public std::enable_shared_from_this<ws_session<Stream>> {
     if (ec) {  // closed by the peer, or a protocol violation Beast already answered with its close code
       if (ec != websocket::error::closed && ec != net::error::eof && ec != net::error::operation_aborted) {
         st_->metrics.count_error("websocket_protocol");
+        if (const char* code = beast_close_code(ec))
+          st_->metrics.count_api_error("invalid_request_error", code);
       }
       closed_ = true;
       abort_all();
@@ -94,6 +105,13 @@ class ws_session : public std::enable_shared_from_this<ws_session<Stream>> {
       return close_with(websocket::close_code::internal_error, "internal error");
     }
     if (!closing_) read();
+  }
+
+  // An error frame (id null when the message had none usable), counted by type and code.
+  void send_error(const json& id, const std::string& message, const std::string& type,
+                  const std::string& code) {
+    st_->metrics.count_api_error(type, code);
+    send(error_frame(id, message, type, code));
   }
 
   void handle(const std::string& text);
@@ -142,6 +160,9 @@ class ws_session : public std::enable_shared_from_this<ws_session<Stream>> {
   void close_with(websocket::close_code code, const char* reason) {
     if (closing_) return;
     closing_ = true;
+    st_->metrics.count_api_error(
+        code == websocket::close_code::internal_error ? "server_error" : "invalid_request_error",
+        std::to_string(static_cast<int>(code)));
     close_reason_ = websocket::close_reason(code, reason);
     abort_all();
     write_next();
@@ -180,19 +201,19 @@ void ws_session<Stream>::handle(const std::string& text) {
     msg = json::parse(text);
   } catch (const json::exception& e) {
     st_->metrics.count_error("invalid_json");
-    return send(error_frame(nullptr, std::string("not valid JSON: ") + e.what(), "invalid_request_error",
-                            "invalid_json"));
+    return send_error(nullptr, std::string("not valid JSON: ") + e.what(), "invalid_request_error",
+                      "invalid_json");
   }
   if (!msg.is_object() || !msg.contains("type") || !msg["type"].is_string()) {
-    return send(error_frame(nullptr, "a message is a JSON object with a string \"type\"",
-                            "invalid_request_error", "invalid_message"));
+    return send_error(nullptr, "a message is a JSON object with a string \"type\"", "invalid_request_error",
+                      "invalid_message");
   }
   const auto idv = msg.find("id");
   if (idv == msg.end() || !idv->is_string() || idv->get<std::string>().empty() ||
       idv->get<std::string>().size() > kMaxIdBytes) {
-    return send(error_frame(idv == msg.end() ? json(nullptr) : *idv,
-                            "\"id\" must be a non-empty string of at most 256 bytes", "invalid_request_error",
-                            "invalid_id"));
+    return send_error(idv == msg.end() ? json(nullptr) : *idv,
+                      "\"id\" must be a non-empty string of at most 256 bytes", "invalid_request_error",
+                      "invalid_id");
   }
   const std::string id = idv->get<std::string>();
   const std::string type = msg["type"].get<std::string>();
@@ -200,32 +221,31 @@ void ws_session<Stream>::handle(const std::string& text) {
   if (type == "cancel") {
     auto it = ids_.find(id);
     if (it == ids_.end()) {
-      return send(error_frame(id, "no live request with this id", "invalid_request_error", "unknown_id"));
+      return send_error(id, "no live request with this id", "invalid_request_error", "unknown_id");
     }
     if (engine* e = st_->eng.load()) e->abort(it->second);  // its done frame says "cancelled"
     return;
   }
-  send(error_frame(id, "unknown message type '" + type + "' (expected generate or cancel)",
-                   "invalid_request_error", "unknown_type"));
+  send_error(id, "unknown message type '" + type + "' (expected generate or cancel)", "invalid_request_error",
+             "unknown_type");
 }
 
 template <class Stream>
 void ws_session<Stream>::generate(const json& msg, const std::string& id) {
   if (ids_.count(id)) {
     st_->metrics.count_error("duplicate_id");
-    return send(
-        error_frame(id, "a request with this id is still running", "invalid_request_error", "duplicate_id"));
+    return send_error(id, "a request with this id is still running", "invalid_request_error", "duplicate_id");
   }
   if (const char* why = st_->unavailable_reason(); *why) {
     st_->metrics.count_error("unavailable");
-    return send(error_frame(id, why, "service_unavailable", st_->draining ? "draining" : "unavailable"));
+    return send_error(id, why, "service_unavailable", st_->draining ? "draining" : "unavailable");
   }
   generation_request g;
   try {
     g = parse_ws_generate(msg, st_->make_context());
   } catch (const api_error& e) {
     st_->metrics.count_error(e.code.empty() ? e.type : e.code);
-    return send(error_frame(id, e.what(), e.type, e.code.empty() ? "invalid_request" : e.code));
+    return send_error(id, e.what(), e.type, e.code.empty() ? "invalid_request" : e.code);
   }
   engine_request er;
   er.id = prefix_ + id;
@@ -244,7 +264,7 @@ void ws_session<Stream>::generate(const json& msg, const std::string& id) {
     st_->in_flight.fetch_sub(1);
     const api_error e = submit_error(r, st_->opts.retry_after_s);
     st_->metrics.count_error(e.code.empty() ? e.type : e.code);
-    return send(error_frame(id, e.what(), e.type, e.code.empty() ? "invalid_request" : e.code));
+    return send_error(id, e.what(), e.type, e.code.empty() ? "invalid_request" : e.code);
   }
   live_.emplace(engine_id, std::move(lr));
   ids_.emplace(id, engine_id);
@@ -278,8 +298,7 @@ void ws_session<Stream>::on_event(const request_event& ev) {
   if (!ev.finished) return;
   if (ev.error) {
     st_->metrics.count_error("engine");
-    send(error_frame(r.client_id, "the engine failed the request: " + *ev.error, "server_error",
-                     "engine_error"));
+    send_error(r.client_id, "the engine failed the request: " + *ev.error, "server_error", "engine_error");
   } else {
     const json usage = {{"prompt_tokens", ev.usage.prompt_tokens},
                         {"completion_tokens", ev.usage.completion_tokens}};
