@@ -1,6 +1,8 @@
 // troupe bench overhead: CPU microseconds per step spent in the scheduler, the KV manager and the actor
 // path (intake, scheduler, worker messaging, output processing), measured against a worker whose model
 // does no math. What is left over per step is what a real decode step pays on top of the GPU.
+#include <sys/resource.h>
+
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -12,6 +14,9 @@
 #include "cli/args.h"
 #include "cli/bench.h"
 #include "core/error.h"
+#include "core/sched/output_processor.h"
+#include "core/sched/scheduler.h"
+#include "core/sched/step_executor.h"
 
 namespace troupe::cli {
 namespace {
@@ -48,7 +53,79 @@ class null_runner final : public model_runner {
   std::atomic<uint64_t> steps_{0};
 };
 
-double us_per_step(int32_t num_seqs, int32_t decode_tokens) {
+double process_cpu_seconds() {
+  rusage u{};
+  getrusage(RUSAGE_SELF, &u);
+  return static_cast<double>(u.ru_utime.tv_sec + u.ru_stime.tv_sec) +
+         1e-6 * static_cast<double>(u.ru_utime.tv_usec + u.ru_stime.tv_usec);
+}
+
+struct step_cost {
+  double wall_us = 0;  // wall-clock microseconds per step
+  double cpu_us = 0;   // process CPU microseconds per step (every thread)
+};
+
+// The same work without actors, on one thread: plan, execute, update, process outputs. What the core
+// objects cost by themselves; the actor path adds messaging on top of this.
+double core_us_per_step(int32_t num_seqs, int32_t decode_tokens) {
+  null_runner runner(num_seqs * ((8 + decode_tokens) / 16 + 2));
+  scheduler_config sc;
+  sc.max_num_seqs = std::max(256, num_seqs);
+  sc.max_num_batched_tokens = std::max(2048, num_seqs * 8);
+  sc.max_model_len = 1 << 20;
+  scheduler sched(sc, runner.num_kv_blocks(), runner.block_size(), true);
+  step_executor exec(runner);
+  output_processor out(nullptr);
+  auto p = std::make_shared<sampling_params>();
+  p->temperature = 0;
+  p->max_tokens = decode_tokens;
+  p->ignore_eos = true;
+  p->need_logprob = false;
+  int left = num_seqs;
+  for (int i = 0; i < num_seqs; ++i) {
+    sched_request_in in;
+    in.rid = static_cast<uint64_t>(i + 1);
+    in.prompt = {1, 2, 3, 4, 5, 6, 7, static_cast<int32_t>(i % 64)};
+    in.params = p;
+    out.add(
+        in.rid, "b" + std::to_string(i), p, in.prompt, [&](const request_event& ev) { left -= ev.finished; },
+        std::chrono::steady_clock::now());
+    sched.add(std::move(in));
+  }
+  // The first step prefills; time the decode steps.
+  using sc_clock = std::chrono::steady_clock;
+  double phase[4] = {0, 0, 0, 0};
+  auto step = [&] {
+    const auto a = sc_clock::now();
+    step_plan plan = sched.plan();
+    const auto b = sc_clock::now();
+    step_result res = exec.execute(plan);
+    const auto c = sc_clock::now();
+    auto outs = sched.update(res);
+    const auto d = sc_clock::now();
+    for (int64_t id : out.process(outs, std::chrono::steady_clock::now())) sched.finish_sequence(id);
+    const auto e = sc_clock::now();
+    phase[0] += std::chrono::duration<double>(b - a).count();
+    phase[1] += std::chrono::duration<double>(c - b).count();
+    phase[2] += std::chrono::duration<double>(d - c).count();
+    phase[3] += std::chrono::duration<double>(e - d).count();
+  };
+  step();
+  const auto t0 = std::chrono::steady_clock::now();
+  const uint64_t s0 = runner.steps();
+  while (sched.has_work()) step();
+  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  const uint64_t steps = runner.steps() - s0;
+  (void)left;
+  if (std::getenv("TROUPE_BENCH_PHASES")) {
+    std::cerr << "batch " << num_seqs << ": plan " << 1e6 * phase[0] / steps << " execute "
+              << 1e6 * phase[1] / steps << " update " << 1e6 * phase[2] / steps << " outputs "
+              << 1e6 * phase[3] / steps << " us/step\n";
+  }
+  return steps ? 1e6 * secs / static_cast<double>(steps) : 0.0;
+}
+
+step_cost us_per_step(int32_t num_seqs, int32_t decode_tokens) {
   null_runner runner(num_seqs * ((8 + decode_tokens) / 16 + 2));
   actor_engine_options o;
   o.sched.max_num_seqs = std::max(256, num_seqs);
@@ -65,6 +142,7 @@ double us_per_step(int32_t num_seqs, int32_t decode_tokens) {
     r.params.temperature = 0;
     r.params.max_tokens = decode_tokens;
     r.params.ignore_eos = true;
+    r.params.need_logprob = false;  // as the gateway sends it when the client asks for no logprobs
     auto res = engine.submit(r, [&](const request_event& ev) {
       if (ev.finished) {
         std::lock_guard<std::mutex> lk(mu);
@@ -74,14 +152,17 @@ double us_per_step(int32_t num_seqs, int32_t decode_tokens) {
     if (res.status != submit_status::accepted) throw error("bench overhead: request refused: " + res.message);
   }
   const auto t0 = std::chrono::steady_clock::now();
+  const double c0 = process_cpu_seconds();
   const uint64_t s0 = runner.steps();
   {
     std::unique_lock<std::mutex> lk(mu);
     cv.wait(lk, [&] { return left == 0; });
   }
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  const double cpu = process_cpu_seconds() - c0;
   const uint64_t steps = runner.steps() - s0;
-  return steps ? 1e6 * secs / static_cast<double>(steps) : 0.0;
+  if (!steps) return {};
+  return {1e6 * secs / static_cast<double>(steps), 1e6 * cpu / static_cast<double>(steps)};
 }
 
 int run(const std::vector<std::string>& args) {
@@ -91,12 +172,18 @@ int run(const std::vector<std::string>& args) {
   if (tokens < 2) throw error("--decode-tokens must be >= 2");
   std::vector<int32_t> batches = {1, 64, 256};
   if (auto b = ap.get_ids("batches")) batches = *b;
-  nlohmann::json per;
+  nlohmann::json per, cpu, core;
   for (int32_t b : batches) {
     if (b < 1) throw error("--batches: each batch must be >= 1");
-    per[std::to_string(b)] = us_per_step(b, tokens);
+    const step_cost c = us_per_step(b, tokens);
+    per[std::to_string(b)] = c.wall_us;
+    cpu[std::to_string(b)] = c.cpu_us;
+    core[std::to_string(b)] = core_us_per_step(b, tokens);
   }
-  nlohmann::json j = {{"us_per_step", per}, {"decode_tokens", tokens}};
+  // us_per_step: wall clock through the actors (what a step waits for); cpu_us_per_step: CPU time of
+  // every thread per step; core_us_per_step: the core objects alone on one thread, no actors.
+  nlohmann::json j = {
+      {"us_per_step", per}, {"cpu_us_per_step", cpu}, {"core_us_per_step", core}, {"decode_tokens", tokens}};
   std::cout << (ap.has("json") ? j.dump() : j.dump(2)) << "\n";
   return 0;
 }

@@ -1,5 +1,9 @@
 #include "core/sampling.h"
 
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
 #include <algorithm>
 #include <cmath>
 #include <functional>
@@ -232,19 +236,52 @@ sample_result sampler::sample(const float* logits, int32_t vocab_size, const sam
   float* ids = scratch.data() + 3 * v;   // [V] token ids (as floats), best first, for top-p
 
   sample_result result;
-  const double lse = log_sum_exp(logits, vocab_size);
+  const bool want_lse = p.need_logprob || p.logprobs > 0;
+  const double lse = want_lse ? log_sum_exp(logits, vocab_size) : 0.0;
   top_logprobs(logits, vocab_size, p.logprobs, lse, result.top);
 
-  std::copy(logits, logits + v, adj);
-  apply_penalties(adj, vocab_size, p, prompt_ids, output_ids, work);
-
+  const bool penalized =
+      p.repetition_penalty != 1.0f || p.frequency_penalty != 0.0f || p.presence_penalty != 0.0f;
   if (p.is_greedy()) {
-    int32_t best = 0;
-    for (int32_t i = 1; i < vocab_size; ++i) {
-      if (adj[i] > adj[best]) best = i;  // strict: ties keep the lowest id
+    // Without penalties the argmax reads the logits in place: no copy of the row.
+    const float* src = logits;
+    if (penalized) {
+      std::copy(logits, logits + v, adj);
+      apply_penalties(adj, vocab_size, p, prompt_ids, output_ids, work);
+      src = adj;
     }
+    // Two branch-free passes (both vectorize) instead of one compare-and-branch per logit: the
+    // maximum (and a NaN check), then the first index holding it, so ties keep the lowest id.
+    float mx = src[0];
+    bool bad = false;
+    int32_t i = 0;
+#if defined(__SSE2__)
+    {
+      // Eight logits per iteration in two SSE registers; cmpunord flags a NaN in either.
+      __m128 m0 = _mm_set1_ps(src[0]), m1 = m0, nan = _mm_setzero_ps();
+      for (; i + 8 <= vocab_size; i += 8) {
+        const __m128 a = _mm_loadu_ps(src + i), b = _mm_loadu_ps(src + i + 4);
+        m0 = _mm_max_ps(m0, a);
+        m1 = _mm_max_ps(m1, b);
+        nan = _mm_or_ps(nan, _mm_cmpunord_ps(a, b));
+      }
+      alignas(16) float lanes[4];
+      _mm_store_ps(lanes, _mm_max_ps(m0, m1));
+      for (float x : lanes) mx = x > mx ? x : mx;
+      bad = _mm_movemask_ps(nan) != 0;
+    }
+#endif
+    for (; i < vocab_size; ++i) {
+      bad |= std::isnan(src[i]);
+      mx = src[i] > mx ? src[i] : mx;
+    }
+    TROUPE_CHECK(!bad) << "a logit is NaN";
+    int32_t best = 0;
+    while (src[best] != mx) ++best;
     result.id = best;
   } else {
+    std::copy(logits, logits + v, adj);
+    apply_penalties(adj, vocab_size, p, prompt_ids, output_ids, work);
     float mx = -std::numeric_limits<float>::infinity();
     for (size_t i = 0; i < v; ++i) {
       adj[i] /= p.temperature;
@@ -286,7 +323,7 @@ sample_result sampler::sample(const float* logits, int32_t vocab_size, const sam
     TROUPE_CHECK_GE(chosen, 0) << "no token survived sampling";
     result.id = chosen;
   }
-  result.logprob = static_cast<float>(static_cast<double>(logits[result.id]) - lse);
+  result.logprob = want_lse ? static_cast<float>(static_cast<double>(logits[result.id]) - lse) : 0.0f;
   return result;
 }
 

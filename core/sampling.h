@@ -19,6 +19,9 @@ struct sampling_params {
   float frequency_penalty = 0.0f;   // over output tokens only
   std::optional<uint64_t> seed;     // unset: the engine picks one per request
   int32_t logprobs = 0;             // how many top logprobs to return per token, 0..20
+  // Compute the sampled token's logprob. Off (and logprobs == 0) skips the log-softmax over the
+  // vocabulary, the largest per-token cost of CPU sampling; the gateway turns it off unless asked.
+  bool need_logprob = true;
   int32_t max_tokens = 16;
   std::vector<int32_t> stop_token_ids;
   std::vector<std::string> stop;
@@ -45,7 +48,7 @@ struct token_logprob {
 
 struct sample_result {
   int32_t id;                      // the chosen token
-  float logprob;                   // its log_softmax over the raw logits
+  float logprob;                   // its log_softmax over the raw logits (0 when not needed)
   std::vector<token_logprob> top;  // p.logprobs best raw logprobs, descending, ties by lower id
 };
 

@@ -150,6 +150,7 @@ std::vector<int32_t> tokenize(const std::string& text, const request_context& ct
 // Checks that need the model and the prompt, shared by all entry points.
 void finish(generation_request& r, const request_context& ctx, bool max_tokens_given, bool default_to_context,
             const char* prompt_param) {
+  r.params.need_logprob = r.logprobs;  // skip the log-softmax per token unless the client asked
   if (r.prompt_ids.empty()) throw bad_request("the prompt must not be empty", prompt_param);
   const int64_t plen = static_cast<int64_t>(r.prompt_ids.size());
   if (ctx.max_model_len > 0) {

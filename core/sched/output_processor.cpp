@@ -25,13 +25,16 @@ struct output_processor::req_state {
   std::vector<seq_state> seqs;
   int32_t live = 0;
   request_usage usage;
+  uint64_t event_step = 0;  // the last process() call that gave this request an event slot
+  size_t event_slot = 0;
 };
 
 output_processor::output_processor(const tokenizer* tok) : tok_(tok) {}
 output_processor::~output_processor() = default;
 
 void output_processor::add(uint64_t rid, std::string id, std::shared_ptr<const sampling_params> params,
-                           const std::vector<int32_t>& prompt, request_sink sink, engine_clock::time_point arrival) {
+                           const std::vector<int32_t>& prompt, request_sink sink,
+                           engine_clock::time_point arrival) {
   auto r = std::make_unique<req_state>();
   r->rid = rid;
   r->id = std::move(id);
@@ -58,7 +61,8 @@ void output_processor::mark_scheduled(uint64_t rid, engine_clock::time_point whe
   if (it == reqs_.end() || it->second->has_scheduled) return;
   it->second->has_scheduled = true;
   it->second->scheduled = when;
-  global_engine_metrics().queue_time.observe(std::chrono::duration<double>(when - it->second->arrival).count());
+  global_engine_metrics().queue_time.observe(
+      std::chrono::duration<double>(when - it->second->arrival).count());
 }
 
 void output_processor::finish_request(req_state& r, request_event& ev, engine_clock::time_point now) {
@@ -70,32 +74,47 @@ void output_processor::finish_request(req_state& r, request_event& ev, engine_cl
   global_engine_metrics().e2e_latency.observe(ev.timing.total_s);
 }
 
-std::vector<int64_t> output_processor::process(const std::vector<seq_output>& outs, engine_clock::time_point now) {
+std::vector<int64_t> output_processor::process(const std::vector<seq_output>& outs,
+                                               engine_clock::time_point now) {
   std::vector<int64_t> to_finish;
   auto& m = global_engine_metrics();
-  // Group by request while keeping the step's order: one event per request.
-  std::unordered_map<uint64_t, request_event> events;
-  std::vector<uint64_t> order;
+  // Group by request while keeping the step's order: one event per request. Events live in slots reused
+  // from step to step (their vectors keep their capacity), so a steady decode step allocates nothing here.
+  ++step_;
+  size_t used = 0;
   for (const auto& o : outs) {
     auto it = reqs_.find(o.rid);
     if (it == reqs_.end()) continue;
     req_state& r = *it->second;
     seq_state& s = r.seqs.at(o.index);
     if (s.finished) continue;
-    auto [ev_it, fresh] = events.try_emplace(o.rid);
-    request_event& ev = ev_it->second;
-    if (fresh) {
-      ev.id = r.id;
-      order.push_back(o.rid);
+    if (r.event_step != step_) {
+      r.event_step = step_;
+      r.event_slot = used++;
+      if (slots_.size() < used) slots_.emplace_back();
+      event_slot& slot = slots_[r.event_slot];
+      slot.req = &r;
+      slot.ndeltas = 0;
+      slot.ev.id = r.id;
+      slot.ev.finished = false;
+      slot.ev.error.reset();
+      slot.ev.timing = {};
     }
+    event_slot& slot = slots_[r.event_slot];
+    request_event& ev = slot.ev;
     sequence_delta* d = nullptr;
-    for (auto& x : ev.deltas) {
-      if (x.index == o.index) d = &x;
+    for (size_t k = 0; k < slot.ndeltas; ++k) {
+      if (ev.deltas[k].index == o.index) d = &ev.deltas[k];
     }
     if (!d) {
-      ev.deltas.push_back(sequence_delta{});
-      d = &ev.deltas.back();
+      if (ev.deltas.size() <= slot.ndeltas) ev.deltas.emplace_back();
+      d = &ev.deltas[slot.ndeltas++];
       d->index = o.index;
+      d->token_ids.clear();
+      d->text.clear();
+      d->token_logprobs.clear();
+      d->top_logprobs.clear();
+      d->finish_reason.reset();
     }
     if (!r.has_first) {
       r.has_first = true;
@@ -106,19 +125,19 @@ std::vector<int64_t> output_processor::process(const std::vector<seq_output>& ou
     }
     if (o.index == 0) r.last_token = now;
     d->token_ids.push_back(o.token);
-    d->token_logprobs.push_back(o.logprob);
+    if (r.params->need_logprob || r.params->logprobs > 0) d->token_logprobs.push_back(o.logprob);
     if (r.params->logprobs > 0) d->top_logprobs.push_back(o.top);
     ++s.num_tokens;
     ++r.usage.completion_tokens;
-    m.generation_tokens.inc();
-    std::optional<std::string> reason = o.finish_reason;
-    const bool is_eos_stop = reason && *reason == "stop" && tok_ && tok_->is_special(o.token);
+    const std::string* reason = o.finish_reason ? &*o.finish_reason : nullptr;
+    static const std::string kStop = "stop";
+    const bool is_eos_stop = reason && *reason == kStop && tok_ && tok_->is_special(o.token);
     if (s.detok && !is_eos_stop) {
       auto u = s.stops->push(s.detok->push(o.token));
       d->text += u.emit;
       if (u.stopped) {
         if (!reason) to_finish.push_back(o.seq_id);  // the scheduler still thinks it is running
-        reason = "stop";
+        reason = &kStop;
       }
     }
     if (reason) {
@@ -127,22 +146,27 @@ std::vector<int64_t> output_processor::process(const std::vector<seq_output>& ou
         d->text += u.emit;
         if (!u.stopped) d->text += s.stops->flush();
       }
-      d->finish_reason = reason;
+      d->finish_reason = *reason;
       s.finished = true;
       --r.live;
       m.requests.with({*reason}).inc();
     }
   }
-  for (uint64_t rid : order) {
-    auto it = reqs_.find(rid);
-    req_state& r = *it->second;
-    request_event& ev = events[rid];
+  uint64_t generated = 0;
+  for (size_t i = 0; i < used; ++i) {
+    event_slot& slot = slots_[i];
+    req_state& r = *slot.req;
+    request_event& ev = slot.ev;
+    // A slot last used by a request with more sequences keeps extra deltas: drop them (rare: n > 1).
+    if (ev.deltas.size() > slot.ndeltas) ev.deltas.resize(slot.ndeltas);
+    for (const auto& d : ev.deltas) generated += d.token_ids.size();
     ev.usage = r.usage;
-    if (r.live == 0) finish_request(r, ev, now);
-    request_sink sink = r.sink;
-    if (r.live == 0) reqs_.erase(it);
-    sink(ev);
+    const bool done = r.live == 0;
+    if (done) finish_request(r, ev, now);
+    r.sink(ev);
+    if (done) reqs_.erase(r.rid);
   }
+  if (generated) m.generation_tokens.inc(generated);
   return to_finish;
 }
 

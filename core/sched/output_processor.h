@@ -49,8 +49,16 @@ class output_processor {
   struct req_state;
   void finish_request(req_state& r, request_event& ev, engine_clock::time_point now);
 
+  struct event_slot {
+    req_state* req = nullptr;
+    size_t ndeltas = 0;  // ev.deltas[0, ndeltas) belong to this step
+    request_event ev;
+  };
+
   const tokenizer* tok_;
   std::unordered_map<uint64_t, std::unique_ptr<req_state>> reqs_;
+  std::vector<event_slot> slots_;  // one per request with news this step, reused across steps
+  uint64_t step_ = 0;
 };
 
 }  // namespace troupe

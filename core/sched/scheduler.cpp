@@ -41,8 +41,10 @@ bool scheduler::add(sched_request_in in) {
 void scheduler::end_sequence(sequence& s) {
   if (s.finished) return;
   s.finished = true;
-  if (s.running) running_.erase(key_of(s));
-  else waiting_.erase(key_of(s));
+  if (s.running)
+    running_.erase(key_of(s));
+  else
+    waiting_.erase(key_of(s));
   s.running = false;
   if (s.in_kv) kv_.free(s.id);
   s.in_kv = false;
@@ -120,7 +122,10 @@ void scheduler::schedule(sequence& s, int32_t n, step_plan& plan) {
   seq_step st;
   st.seq_id = s.id;
   st.start = s.num_computed;
-  st.tokens.assign(s.tokens.begin() + s.num_computed, s.tokens.begin() + s.num_computed + n);
+  st.token_offset = static_cast<int32_t>(plan.token_ids.size());
+  st.num_tokens = n;
+  plan.token_ids.insert(plan.token_ids.end(), s.tokens.begin() + s.num_computed,
+                        s.tokens.begin() + s.num_computed + n);
   const int32_t prompt_len = static_cast<int32_t>(s.req->in.prompt.size());
   st.sample = s.num_computed + n == static_cast<int32_t>(s.tokens.size());
   st.output_index = static_cast<int32_t>(s.tokens.size()) - prompt_len;
@@ -186,8 +191,8 @@ step_plan scheduler::plan() {
   bool preempted = false;
 
   // 1. Running sequences, highest priority / earliest first. Preemption victims come from the back.
-  std::vector<sequence*> order;
-  order.reserve(running_.size());
+  std::vector<sequence*>& order = order_;  // a member, so that a steady step does not allocate it
+  order.clear();
   for (auto& [k, s] : running_) order.push_back(s);
   for (sequence* s : order) {
     if (!s->running || budget <= 0) continue;
@@ -363,7 +368,8 @@ scheduler_stats scheduler::stats() const {
 
 bool scheduler::idle_and_clean() const {
   kv_.pool().check_invariants();
-  return running_.empty() && waiting_.empty() && kv_.num_sequences() == 0 && kv_.pool().num_blocks_used() == 0;
+  return running_.empty() && waiting_.empty() && kv_.num_sequences() == 0 &&
+         kv_.pool().num_blocks_used() == 0;
 }
 
 }  // namespace troupe

@@ -25,7 +25,7 @@ struct scheduler_config {
   int32_t max_waiting_requests = 4096;  // admission refuses beyond this (queue full)
   int64_t max_model_len = 0;            // required
   preemption_mode preemption = preemption_mode::recompute;
-  int32_t num_host_blocks = 0;          // swap space (blocks) for preemption_mode::swap
+  int32_t num_host_blocks = 0;  // swap space (blocks) for preemption_mode::swap
 };
 
 struct sched_request_in {
@@ -98,12 +98,12 @@ class scheduler {
     std::vector<int32_t> tokens;
     int32_t num_computed = 0;
     bool in_kv = false;
-    bool worker_knows = false;     // the worker holds this sequence's mirror
+    bool worker_knows = false;        // the worker holds this sequence's mirror
     std::vector<int32_t> sent_table;  // the table the worker holds
     uint64_t seed = 0;
     bool running = false;
     bool finished = false;
-    uint64_t order = 0;            // arrival order; preempted sequences keep theirs
+    uint64_t order = 0;               // arrival order; preempted sequences keep theirs
     std::vector<int32_t> host_slots;  // swapped out: where its blocks wait (one per table entry)
   };
   struct request {
@@ -138,6 +138,7 @@ class scheduler {
   std::vector<int64_t> last_seqs_;  // sequences of the in-flight step, to commit their hashes
   uint64_t preemptions_ = 0;
   std::vector<uint64_t> first_scheduled_;
+  std::vector<sequence*> order_;  // plan(): the running sequences in order
 };
 
 }  // namespace troupe

@@ -13,16 +13,19 @@ namespace troupe {
 
 struct seq_step {
   int64_t seq_id = 0;
-  int32_t start = 0;                    // first position computed this step (= tokens already cached)
-  std::vector<int32_t> tokens;          // [n] token ids at positions start .. start + n - 1
-  bool sample = false;                  // these tokens complete the sequence: sample the next one
-  int32_t output_index = 0;             // index of the token to sample among the outputs (RNG counter)
+  int32_t start = 0;  // first position computed this step (= tokens already cached)
+  // This step's tokens, at positions start .. start + num_tokens - 1, live in the plan's token_ids (one
+  // flat array, so that a decode step does not allocate per sequence).
+  int32_t token_offset = 0;
+  int32_t num_tokens = 0;
+  bool sample = false;       // these tokens complete the sequence: sample the next one
+  int32_t output_index = 0;  // index of the token to sample among the outputs (RNG counter)
   // A sequence the worker has not seen (new, or recomputed after preemption) carries its history.
   bool is_new = false;
-  std::vector<int32_t> prompt;          // is_new: the prompt (for penalties and dynamic RoPE)
-  std::vector<int32_t> outputs;         // is_new: outputs so far (recompute after preemption)
+  std::vector<int32_t> prompt;                    // is_new: the prompt (for penalties and dynamic RoPE)
+  std::vector<int32_t> outputs;                   // is_new: outputs so far (recompute after preemption)
   std::shared_ptr<const sampling_params> params;  // is_new
-  uint64_t seed = 0;                    // is_new
+  uint64_t seed = 0;                              // is_new
   // Block-table diff: entries [index] = block, then the table is cut/extended to table_size.
   std::vector<std::pair<int32_t, int32_t>> table_diff;
   int32_t table_size = 0;
@@ -35,13 +38,16 @@ struct seq_step {
 struct step_plan {
   uint64_t step = 0;
   std::vector<seq_step> seqs;
-  std::vector<block_copy> copies;   // copy-on-write, performed before the forward
-  std::vector<int64_t> dropped;     // sequences the worker must forget (finished, aborted, preempted)
+  std::vector<int32_t> token_ids;  // [num_tokens] every sequence's tokens, in seqs order
+  std::vector<block_copy> copies;  // copy-on-write, performed before the forward
+  std::vector<int64_t> dropped;    // sequences the worker must forget (finished, aborted, preempted)
   // Swap preemption: device block -> host slot before anything else runs, and host slot -> device block
   // for sequences coming back (performed before the copies and the forward).
   std::vector<block_copy> swap_out;  // src = device block, dst = host slot
   std::vector<block_copy> swap_in;   // src = host slot, dst = device block
   int32_t num_tokens = 0;
+
+  const int32_t* tokens_of(const seq_step& s) const { return token_ids.data() + s.token_offset; }
 };
 
 struct sampled_token {

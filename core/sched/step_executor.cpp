@@ -9,7 +9,8 @@ namespace troupe {
 
 sampled_token step_executor::sample_one(const float* row, mirror& m, int64_t seq_id) {
   const int32_t vocab = runner_.config().vocab_size;
-  sample_result r = sampler_.sample(row, vocab, *m.params, m.prompt, m.outputs, m.seed, m.outputs.size(), scratch_);
+  sample_result r =
+      sampler_.sample(row, vocab, *m.params, m.prompt, m.outputs, m.seed, m.outputs.size(), scratch_);
   m.outputs.push_back(r.id);
   sampled_token t;
   t.seq_id = seq_id;
@@ -38,7 +39,8 @@ step_result step_executor::execute(const step_plan& plan) {
   // Order matters: swapped-out blocks may be reused by this very step.
   run_pairs(plan.swap_out, [&](const int32_t* s, const int32_t* d, int32_t n) { runner_.swap_out(s, d, n); });
   run_pairs(plan.swap_in, [&](const int32_t* s, const int32_t* d, int32_t n) { runner_.swap_in(s, d, n); });
-  run_pairs(plan.copies, [&](const int32_t* s, const int32_t* d, int32_t n) { runner_.copy_blocks(s, d, n); });
+  run_pairs(plan.copies,
+            [&](const int32_t* s, const int32_t* d, int32_t n) { runner_.copy_blocks(s, d, n); });
 
   if (plan.seqs.empty()) return res;
   const int32_t bs = runner_.block_size();
@@ -65,11 +67,13 @@ step_result step_executor::execute(const step_plan& plan) {
     mirror& m = it->second;
     m.table.resize(st.table_size, -1);
     for (const auto& [i, b] : st.table_diff) m.table[i] = b;
-    const int32_t n = static_cast<int32_t>(st.tokens.size());
-    TROUPE_CHECK_LE(static_cast<int64_t>(st.start + n), static_cast<int64_t>(m.table.size()) * bs) << st.seq_id;
+    const int32_t n = st.num_tokens;
+    const int32_t* tokens = plan.tokens_of(st);
+    TROUPE_CHECK_LE(static_cast<int64_t>(st.start + n), static_cast<int64_t>(m.table.size()) * bs)
+        << st.seq_id;
     for (int32_t i = 0; i < n; ++i) {
       const int32_t p = st.start + i;
-      ids_.push_back(st.tokens[i]);
+      ids_.push_back(tokens[i]);
       pos_.push_back(p);
       const int32_t block = m.table[p / bs];
       TROUPE_CHECK_GE(block, 0) << "sequence" << st.seq_id << "has no block at" << p / bs;

@@ -21,6 +21,9 @@ namespace {
 using ids = std::vector<int32_t>;
 constexpr int32_t kEos = 2;
 
+// The tokens a plan carries for one of its sequences.
+ids toks(const step_plan& p, const seq_step& s) { return ids(p.tokens_of(s), p.tokens_of(s) + s.num_tokens); }
+
 ids iota_tokens(int32_t n, int32_t first = 100) {
   ids t(n);
   std::iota(t.begin(), t.end(), first);
@@ -89,7 +92,7 @@ class fake_worker {
     int32_t total = 0;
     bool seen_new = false;
     for (const seq_step& st : plan.seqs) {
-      const int32_t n = static_cast<int32_t>(st.tokens.size());
+      const int32_t n = st.num_tokens;
       total += n;
       EXPECT_GT(n, 0) << "seq " << st.seq_id;
       if (st.is_new) {
@@ -134,7 +137,7 @@ class fake_worker {
         }
       }
       for (int32_t p = st.start; p < end; ++p) {
-        EXPECT_EQ(st.tokens[p - st.start], m.tokens[p]) << "seq " << st.seq_id << " position " << p;
+        EXPECT_EQ(plan.tokens_of(st)[p - st.start], m.tokens[p]) << "seq " << st.seq_id << " position " << p;
         const int32_t b = m.table[p / bs_];
         // Children forked by this very step already share what it writes (they copy its state after it).
         EXPECT_EQ(sched.kv().pool().ref_count(b), 1 + static_cast<int32_t>(st.fork_children.size()))
@@ -271,7 +274,7 @@ TEST(Scheduler, ChunkedPrefillAtSevenTokens) {
   EXPECT_EQ(h.last.step, 1u);
   EXPECT_EQ(s1.seq_id, 1);
   EXPECT_EQ(s1.start, 0);
-  EXPECT_EQ(s1.tokens, ids(prompt.begin(), prompt.begin() + 7));
+  EXPECT_EQ(toks(h.last, s1), ids(prompt.begin(), prompt.begin() + 7));
   EXPECT_TRUE(s1.is_new);
   EXPECT_FALSE(s1.sample);
   EXPECT_EQ(s1.prompt, prompt);
@@ -287,7 +290,7 @@ TEST(Scheduler, ChunkedPrefillAtSevenTokens) {
   EXPECT_TRUE(h.step().empty());
   const seq_step& s2 = h.last.seqs.at(0);
   EXPECT_EQ(s2.start, 7);
-  EXPECT_EQ(s2.tokens, ids(prompt.begin() + 7, prompt.begin() + 14));
+  EXPECT_EQ(toks(h.last, s2), ids(prompt.begin() + 7, prompt.begin() + 14));
   EXPECT_FALSE(s2.is_new);
   EXPECT_FALSE(s2.sample);
   EXPECT_EQ(s2.table_diff, diff({{2, 2}, {3, 3}}));
@@ -297,7 +300,7 @@ TEST(Scheduler, ChunkedPrefillAtSevenTokens) {
   auto outs = h.step();
   const seq_step& s3 = h.last.seqs.at(0);
   EXPECT_EQ(s3.start, 14);
-  EXPECT_EQ(s3.tokens.size(), 6u);
+  EXPECT_EQ(s3.num_tokens, 6);
   EXPECT_TRUE(s3.sample);
   EXPECT_EQ(s3.output_index, 0);
   EXPECT_EQ(s3.table_diff, diff({{4, 4}}));
@@ -329,7 +332,7 @@ TEST(Scheduler, ChunkedPrefillAtSevenTokens) {
 
 std::vector<std::pair<int64_t, int32_t>> starts_and_sizes(const step_plan& p) {
   std::vector<std::pair<int64_t, int32_t>> v;
-  for (const auto& s : p.seqs) v.push_back({s.seq_id, static_cast<int32_t>(s.tokens.size())});
+  for (const auto& s : p.seqs) v.push_back({s.seq_id, s.num_tokens});
   return v;
 }
 using sizes = std::vector<std::pair<int64_t, int32_t>>;
@@ -503,7 +506,7 @@ TEST(Scheduler, PreemptionRecomputesTheLastAdmittedSequence) {
   EXPECT_EQ(b.outputs, b_outputs);
   ids all = iota_tokens(4, 200);
   all.insert(all.end(), b_outputs.begin(), b_outputs.end());
-  EXPECT_EQ(b.tokens, all);
+  EXPECT_EQ(toks(h.last, b), all);
   EXPECT_TRUE(b.sample);
   EXPECT_EQ(b.output_index, 5);
   EXPECT_EQ(b.table_size, 3);
@@ -541,7 +544,7 @@ TEST(Scheduler, PreemptionBySwapOutThenSwapIn) {
   EXPECT_EQ(b.seq_id, 2);
   EXPECT_TRUE(b.is_new);
   EXPECT_EQ(b.start, 8);
-  EXPECT_EQ(b.tokens, (ids{b_outputs.back()}));
+  EXPECT_EQ(toks(h.last, b), (ids{b_outputs.back()}));
   EXPECT_EQ(b.outputs, b_outputs);
   EXPECT_EQ(b.table_size, 3);
   ASSERT_EQ(h.last.swap_in.size(), 2u);
@@ -769,7 +772,7 @@ TEST(Scheduler, ResetWorkerRecomputesEveryRunningSequence) {
     EXPECT_TRUE(st.is_new);
     EXPECT_EQ(st.start, 0);
     EXPECT_EQ(st.outputs.size(), 2u);
-    EXPECT_EQ(st.tokens.size(), st.prompt.size() + 2);
+    EXPECT_EQ(static_cast<size_t>(st.num_tokens), st.prompt.size() + 2);
     EXPECT_EQ(st.output_index, 2);
   }
   EXPECT_EQ(h.last.seqs[0].seq_id, 1);
@@ -810,7 +813,7 @@ TEST(Scheduler, PrefixCacheServesASecondRequest) {
   h.step();
   ASSERT_EQ(h.last.seqs.size(), 1u);
   EXPECT_EQ(h.last.seqs[0].start, 8);
-  EXPECT_EQ(h.last.seqs[0].tokens, (ids{108, 109}));
+  EXPECT_EQ(toks(h.last, h.last.seqs[0]), (ids{108, 109}));
   EXPECT_EQ(h.last.seqs[0].table_diff, diff({{0, 0}, {1, 1}, {2, 2}}));
   EXPECT_EQ(h.sched.stats().prefix_queries, 20u);
   EXPECT_EQ(h.sched.stats().prefix_hits, 8u);
