@@ -153,4 +153,48 @@ try {
   const { code } = await srv.stop();
   eq(code, 0, 'troupe serve exits 0 on SIGTERM');
 }
+
+// Queue full: with one running and one waiting slot, a third concurrent request gets 429 + Retry-After
+// and the admitted two finish whole.
+const full = await startTroupe(['--max-num-seqs', '1', '--max-waiting-requests', '1']);
+try {
+  const body = JSON.stringify({ prompt: 'x', max_tokens: 300, ignore_eos: true });
+  const first = post(full.url, body);
+  let m = await metrics(full.url);
+  for (let i = 0; i < 250 && m.troupe_requests_running !== 1; i++) { await sleep(10); m = await metrics(full.url); }
+  const second = post(full.url, body);
+  for (let i = 0; i < 250 && m.troupe_requests_waiting !== 1; i++) { await sleep(10); m = await metrics(full.url); }
+  const r = await post(full.url, JSON.stringify({ prompt: 'x', max_tokens: 3 }));
+  eq(r.status, 429, 'queue full 429');
+  check(Number(r.headers.get('retry-after')) >= 1, 'Retry-After header', r.headers.get('retry-after'));
+  eq(r.json?.error?.code, 'queue_full', 'queue_full code');
+  eq(r.json?.error?.type, 'rate_limit_error', 'queue_full type');
+  const done = await Promise.all([first, second]);
+  eq(done.map((d) => [d.status, d.json?.usage?.completion_tokens]), [[200, 300], [200, 300]], 'the admitted requests finish');
+  eq((await post(full.url, JSON.stringify({ prompt: 'x', max_tokens: 3 }))).status, 200, 'admitted again once the queue drains');
+} finally {
+  await full.stop();
+}
+
+// Draining: SIGTERM mid-stream; /ready and new work 503; the stream finishes; the process exits 0
+const drain = await startTroupe();
+{
+  const res = await fetch(drain.url + '/v1/completions', {
+    method: 'POST', headers: { 'content-type': 'application/json', connection: 'close' },
+    body: JSON.stringify({ prompt: 'x', max_tokens: 400, ignore_eos: true, stream: true, stream_options: { include_usage: true } }),
+  });
+  let chunks = 0;
+  const streamed = readSSE(res, () => { chunks++; });
+  for (let i = 0; i < 500 && chunks < 3; i++) await sleep(10);
+  drain.proc.kill('SIGTERM');
+  await sleep(100);
+  eq((await fetch(drain.url + '/ready')).status, 503, 'ready 503 while draining');
+  const r = await post(drain.url, '{"prompt":"x"}');
+  eq(r.status, 503, 'new work 503 while draining');
+  eq(r.json?.error?.code, 'draining', 'draining code');
+  const events = await streamed;
+  eq(events[events.length - 1], '[DONE]', 'in-flight stream finished while draining');
+  eq(events.find((e) => e !== '[DONE]' && e.usage)?.usage?.completion_tokens, 400, 'in-flight stream got every token');
+  eq((await drain.exited).code, 0, 'troupe serve exits 0 after draining');
+}
 finish('serve_bad_input');

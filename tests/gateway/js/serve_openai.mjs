@@ -24,6 +24,16 @@ async function drainCompletion(stream) {
   return { text, finish, usage, ids, chunks };
 }
 
+// A stop string that occurs in `text`: the first `len` characters from position `from` on that hold no
+// U+FFFD (the random model emits stray bytes), or '' when there are none.
+function pickStop(text, from, len) {
+  for (let i = from; i + len <= text.length; i++) {
+    const s = text.slice(i, i + len);
+    if (!s.includes('\ufffd')) return s;
+  }
+  return '';
+}
+
 const srv = await startTroupe();
 const client = new OpenAI({ baseURL: srv.url + '/v1', apiKey: 'unused', maxRetries: 0, timeout: 60000 });
 const MODEL = 'default';
@@ -109,8 +119,7 @@ try {
   eq(L.tokens.join(''), lp.choices[0].text, 'logprobs tokens concatenate to the text');
 
   // Stop strings: cut the greedy text at the first occurrence; finish_reason stop; streamed the same
-  const pick = greedy.slice(Math.floor(greedy.length / 2)).replace(/\ufffd/g, '');
-  const stop = pick.slice(0, Math.min(3, pick.length));
+  const stop = pickStop(greedy, Math.floor(greedy.length / 2), 3);
   if (stop.length === 0) {
     check(false, 'could not pick a stop string from the greedy text', greedy);
   } else {
@@ -125,6 +134,33 @@ try {
     eq(sts.text, [want], 'streamed stop string: held back, never sent');
     eq(sts.finish, ['stop'], 'streamed stop finish_reason');
   }
+
+  // Stop strings with n > 1: each choice stops on its own; the others run on. Choice i's text is its
+  // unstopped text (same seed) cut at the stop string's first occurrence, if it occurs at all.
+  const nstop = pickStop(n3.choices[0].text, Math.floor(n3.choices[0].text.length / 3), 2);
+  check(nstop.length === 2, 'picked a stop string from choice 0', n3.choices[0].text);
+  const n3stop = await seeded(1234, { n: 3, stop: nstop });
+  const wantN = n3.choices.map((c) => (c.text.includes(nstop) ? c.text.slice(0, c.text.indexOf(nstop)) : c.text));
+  eq(n3stop.choices.map((c) => c.text), wantN, `n=3 with stop ${JSON.stringify(nstop)}: each choice cut at its own occurrence`);
+  eq(n3stop.choices.map((c) => c.finish_reason), n3.choices.map((c) => (c.text.includes(nstop) ? 'stop' : 'length')),
+     'n=3 with stop: finish reason per choice');
+  const n3stopS = await drainCompletion(await seeded(1234, { n: 3, stop: nstop, stream: true }));
+  eq(n3stopS.text, wantN, 'n=3 with stop, streamed');
+
+  // The prefix cache: the same 90-token prompt twice; the second answer says how much of it was cached
+  // (docs/http-api.md: usage.prompt_tokens_details.cached_tokens "when the prefix cache hit").
+  const longPrompt = 'The quick brown fox jumps over the lazy dog and then runs away into the forest where it hides '.repeat(2);
+  const pc1 = await client.completions.create({ prompt: longPrompt, max_tokens: 4, temperature: 0, ignore_eos: true });
+  const hitsBefore = (await metrics(srv.url)).troupe_prefix_cache_hits_total ?? 0;
+  const pc2 = await client.completions.create({ prompt: longPrompt, max_tokens: 4, temperature: 0, ignore_eos: true });
+  const hits = ((await metrics(srv.url)).troupe_prefix_cache_hits_total ?? 0) - hitsBefore;
+  eq(pc2.choices[0].text, pc1.choices[0].text, 'a prefix-cache hit does not change the greedy text');
+  check(hits > 0, 'the repeated prompt hit the prefix cache (troupe_prefix_cache_hits_total)', hits);
+  // BUG (reported, not fixed here): the engine never fills request_usage::cached_prompt_tokens
+  // (core/engine_api.h; nothing in core/ or actors/ sets it), so the field never appears.
+  const cached = pc2.usage.prompt_tokens_details?.cached_tokens;
+  check(cached > 0 && cached % 16 === 0 && cached < pc2.usage.prompt_tokens,
+        'BUG: usage.prompt_tokens_details.cached_tokens reports the prefix-cache hit', pc2.usage);
 
   // ignore_eos: at a very high temperature (nearly uniform over 1024 ids) EOS comes up about once per
   // 1024 tokens, so some of 8 x 600 tokens stop early; with ignore_eos all run to max_tokens.
@@ -180,6 +216,12 @@ try {
   });
   eq(ctext, cns.choices[0].message.content, 'chat: streamed == non-streamed (greedy)');
 
+  // Chat without max_tokens: the rest of the context
+  const words = Array.from({ length: 710 }, (_, i) => 'w' + (i % 50)).join(' ');
+  const rest = await client.chat.completions.create({ messages: [{ role: 'user', content: words }], ignore_eos: true });
+  eq(rest.usage.total_tokens, 2048, 'chat without max_tokens runs to the end of the context');
+  eq(rest.choices[0].finish_reason, 'length', 'chat without max_tokens: finish_reason length');
+
   // Errors come back as the SDK's error classes
   try {
     await client.completions.create({ model: 'nope', prompt: 'x' });
@@ -232,6 +274,21 @@ try {
   eq(m.troupe_requests_running, 0, 'nothing left running');
   eq(m.troupe_requests_waiting, 0, 'nothing left waiting');
   eq(m.troupe_kv_cache_usage_ratio, 0, 'no KV blocks left in use');
+
+  // The same for a client that gives up waiting for a non-streamed answer
+  const ac2 = new AbortController();
+  const waiting = client.completions.create({ prompt: 'x', max_tokens: 2000, ignore_eos: true }, { signal: ac2.signal });
+  for (let i = 0; i < 250 && (await metrics(srv.url)).troupe_requests_running !== 1; i++) await sleep(10);
+  ac2.abort();
+  try { await waiting; check(false, 'the aborted request must not resolve'); } catch (e) { /* aborted */ }
+  m = await metrics(srv.url);
+  for (let i = 0; i < 250 && ((m[abortKey] ?? 0) < before + 2 || m.troupe_requests_running !== 0); i++) {
+    await sleep(20);
+    m = await metrics(srv.url);
+  }
+  eq((m[abortKey] ?? 0) - before, 2, 'a client leaving a non-streamed request aborts it');
+  eq(m.troupe_requests_running, 0, 'nothing left running after the non-streamed abort');
+  eq(m.troupe_kv_cache_usage_ratio, 0, 'no KV blocks left in use after the non-streamed abort');
 } finally {
   const { code } = await srv.stop();
   eq(code, 0, 'troupe serve exits 0 on SIGTERM');

@@ -2,7 +2,7 @@
 // ids on one socket and across sockets, token ids and text consistent with the HTTP API's greedy output,
 // greedy continuation from the returned ids, duplicate ids, cancel, validation errors, and a socket that
 // goes away mid-stream (its requests aborted: nothing left running, no KV blocks in use).
-import { check, connectWs, eq, finish, metrics, sleep, startTroupe } from './server.mjs';
+import { check, connectWs, eq, finish, metrics, sleep, startTroupe, waitMetrics } from './server.mjs';
 
 const srv = await startTroupe();
 const wsUrl = `ws://127.0.0.1:${srv.port}/v1/ws`;
@@ -69,6 +69,17 @@ try {
   c.send({ type: 'generate', id: 'b2', prompt_ids: [...IDS, ...idsB.slice(0, 5)], max_tokens: 7, temperature: 0, ignore_eos: true });
   await c.waitFor((f) => f.type === 'done' && f.id === 'b2', 30000);
   eq(idsOf(c, 'b2'), idsB.slice(5), 'greedy continuation from returned token ids');
+
+  // stop_token_ids: the first occurrence of a generated id ends the sequence there (finish_reason stop)
+  const stopId = idsB[5];
+  const cut = idsB.indexOf(stopId);
+  c.send({ type: 'generate', id: 'b3', prompt_ids: IDS, max_tokens: 12, temperature: 0, ignore_eos: true, stop_token_ids: [stopId] });
+  const doneB3 = await c.waitFor((f) => f.type === 'done' && f.id === 'b3', 30000);
+  eq(doneB3.finish_reason, 'stop', 'stop_token_ids -> finish_reason stop');
+  eq(idsOf(c, 'b3'), idsB.slice(0, cut + 1), 'stop_token_ids: the ids up to and including the stop id');
+  eq(doneB3.usage.completion_tokens, cut + 1, 'stop_token_ids: usage counts the stop id');
+  check(textOf(c, 'b').startsWith(textOf(c, 'b3')), 'stop_token_ids: the text is a prefix of the unstopped text',
+        [textOf(c, 'b3'), textOf(c, 'b')]);
 
   // Many sockets, many ids at once: every greedy stream is the same text (batching does not change it)
   const socks = await Promise.all(Array.from({ length: 8 }, async () => { const s = connectWs(wsUrl); await s.opened; return s; }));
@@ -141,5 +152,46 @@ try {
 } finally {
   const { code } = await srv.stop();
   eq(code, 0, 'troupe serve exits 0 on SIGTERM');
+}
+
+// Requests still waiting for a slot (one running at a time): cancelling one, an HTTP client leaving one,
+// and a socket closing with one running and two waiting all leave nothing behind.
+const one = await startTroupe(['--max-num-seqs', '1']);
+try {
+  const abortKey = 'troupe_requests_total{finish_reason="abort"}';
+  const q = connectWs(`ws://127.0.0.1:${one.port}/v1/ws`);
+  await q.opened;
+  for (let i = 0; i < 4; i++) q.send({ type: 'generate', id: `q${i}`, prompt: 'x', max_tokens: 1500, ignore_eos: true, n: i === 3 ? 2 : 1 });
+  await q.waitFor((f) => f.type === 'token', 30000);
+  let m = await waitMetrics(one.url, (x) => x.troupe_requests_waiting === 3);
+  eq([m.troupe_requests_running, m.troupe_requests_waiting], [1, 3], 'one running, three waiting');
+  const running = q.frames.find((f) => f.type === 'token').id;
+  const waitingId = ['q1', 'q2', 'q3'].find((id) => id !== running);
+  q.send({ type: 'cancel', id: waitingId });
+  const dq = await q.waitFor((f) => f.type === 'done' && f.id === waitingId);
+  eq([dq.finish_reason, dq.usage.completion_tokens], ['cancelled', 0], 'a waiting request cancelled: done, no tokens');
+  m = await waitMetrics(one.url, (x) => x.troupe_requests_waiting === 2 && x[abortKey] === 1);
+  eq([m.troupe_requests_waiting, m[abortKey]], [2, 1], 'the cancelled request no longer waits; one abort counted');
+  const ac = new AbortController();
+  const httpWaiting = fetch(one.url + '/v1/completions', {
+    method: 'POST', headers: { 'content-type': 'application/json' }, signal: ac.signal,
+    body: JSON.stringify({ prompt: 'y', max_tokens: 100 }),
+  }).catch(() => 'aborted');
+  m = await waitMetrics(one.url, (x) => x.troupe_requests_waiting === 3);
+  eq(m.troupe_requests_waiting, 3, 'the HTTP request waits too');
+  ac.abort();
+  eq(await httpWaiting, 'aborted', 'the HTTP client left');
+  m = await waitMetrics(one.url, (x) => x.troupe_requests_waiting === 2 && x[abortKey] === 2);
+  eq([m.troupe_requests_waiting, m[abortKey]], [2, 2], 'the left HTTP request no longer waits; counted as aborted');
+  q.ws.terminate();
+  // (the gauges are published by the scheduler, the abort counts by the output actor a moment later)
+  m = await waitMetrics(one.url, (x) => x.troupe_requests_running === 0 && x.troupe_requests_waiting === 0 &&
+                                        x.troupe_websocket_connections === 0 && x[abortKey] === 6);
+  eq([m.troupe_requests_running, m.troupe_requests_waiting, m.troupe_kv_cache_usage_ratio], [0, 0, 0],
+     'after the socket closed: nothing running or waiting, no KV in use');
+  // the socket's three left requests, one with n = 2: 4 more sequences aborted
+  eq(m[abortKey], 6, 'every left sequence counted as aborted');
+} finally {
+  await one.stop();
 }
 finish('serve_ws');

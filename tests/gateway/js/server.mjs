@@ -125,6 +125,17 @@ export async function metrics(url, headers = {}) {
   return parseMetrics(await (await fetch(url + '/metrics', { headers })).text());
 }
 
+// Polls /metrics until pred(parsed metrics) holds or `ms` pass; returns the last reading either way.
+export async function waitMetrics(url, pred, ms = 5000) {
+  const deadline = Date.now() + ms;
+  let m = await metrics(url);
+  while (!pred(m) && Date.now() < deadline) {
+    await sleep(10);
+    m = await metrics(url);
+  }
+  return m;
+}
+
 // Reads an SSE response body into its parsed data records; '[DONE]' stays a string.
 export async function readSSE(res, onEvent) {
   const events = [];
