@@ -40,13 +40,17 @@ struct actor_engine::system {
 };
 
 actor_engine::actor_engine(model_runner& runner, const tokenizer* tok, actor_engine_options opt)
-    : runner_(runner), tok_(tok), opt_(std::move(opt)), state_(std::make_shared<shared_state>()),
+    : runner_(runner),
+      tok_(tok),
+      opt_(std::move(opt)),
+      state_(std::make_shared<shared_state>()),
       sys_(std::make_unique<system>()) {
   const model_config& c = runner.config();
   if (opt_.sched.max_model_len <= 0) opt_.sched.max_model_len = c.max_model_len();
   if (opt_.model_name.empty()) opt_.model_name = "troupe";
   eos_ids_ = c.eos_token_ids;
-  if (tok_ && tok_->eos_id() && std::find(eos_ids_.begin(), eos_ids_.end(), *tok_->eos_id()) == eos_ids_.end()) {
+  if (tok_ && tok_->eos_id() &&
+      std::find(eos_ids_.begin(), eos_ids_.end(), *tok_->eos_id()) == eos_ids_.end()) {
     eos_ids_.push_back(*tok_->eos_id());
   }
   if (opt_.sched.preemption == preemption_mode::swap) {
@@ -58,8 +62,9 @@ actor_engine::actor_engine(model_runner& runner, const tokenizer* tok, actor_eng
   auto& sys = *sys_->sys;
   state_->num_blocks = runner.num_kv_blocks();
   sys_->output = sys.spawn(output_actor, tok_, state_);
-  sys_->scheduler = sys.spawn(scheduler_actor, opt_.sched, runner.num_kv_blocks(), runner.block_size(),
-                              opt_.prefix_caching, eos_ids_, state_, sys_->output);
+  sys_->scheduler =
+      sys.spawn<caf::detached>(scheduler_actor, opt_.sched, runner.num_kv_blocks(), runner.block_size(),
+                               opt_.prefix_caching, eos_ids_, state_, sys_->output);
   sys_->intake = sys.spawn(intake_actor, sys_->scheduler, sys_->output);
   sys_->supervisor = sys.spawn(supervisor_actor, &runner_, state_, sys_->scheduler, opt_.max_worker_restarts);
 }
@@ -104,8 +109,8 @@ submit_result actor_engine::submit(engine_request req, request_sink sink) {
     return res;
   }
   if (state_->num_waiting + state_->num_pending >= opt_.sched.max_waiting_requests) {
-    return {submit_status::queue_full, "the waiting queue is full (" +
-                                           std::to_string(opt_.sched.max_waiting_requests) + " requests)"};
+    return {submit_status::queue_full,
+            "the waiting queue is full (" + std::to_string(opt_.sched.max_waiting_requests) + " requests)"};
   }
   const uint64_t rid = state_->next_rid++;
   {

@@ -9,19 +9,26 @@ kv_manager::kv_manager(int32_t num_blocks, int32_t block_size, bool prefix_cachi
   TROUPE_CHECK_GT(block_size, 0);
 }
 
-const kv_manager::seq_blocks& kv_manager::get(int64_t seq) const {
+kv_manager::seq_blocks& kv_manager::find(int64_t seq) const {
+  // A step looks the same sequence up several times in a row (blocks_needed, allocate, block_table):
+  // remember the last hit. Map nodes never move, and free() forgets the entry it erases.
+  if (last_ != nullptr && last_id_ == seq) return *last_;
   auto it = seqs_.find(seq);
   TROUPE_CHECK(it != seqs_.end()) << "unknown sequence" << seq;
-  return it->second;
+  last_id_ = seq;
+  last_ = const_cast<seq_blocks*>(&it->second);
+  return *last_;
 }
+
+const kv_manager::seq_blocks& kv_manager::get(int64_t seq) const { return find(seq); }
 
 const std::vector<int32_t>& kv_manager::block_table(int64_t seq) const { return get(seq).table; }
 
-int32_t kv_manager::add_sequence(int64_t seq, const std::vector<int32_t>& tokens) {
+int32_t kv_manager::add_sequence(int64_t seq, const std::vector<int32_t>& tokens, bool count) {
   TROUPE_CHECK(!seqs_.count(seq)) << "sequence" << seq << "already registered";
   seq_blocks& s = seqs_[seq];
   if (!prefix_caching_ || tokens.empty()) return 0;
-  queries_ += tokens.size();
+  if (count) queries_ += tokens.size();
   const int32_t n = static_cast<int32_t>(tokens.size());
   uint64_t parent = kRootBlockHash;
   for (int32_t i = 0; (i + 1) * block_size_ <= n - 1; ++i) {
@@ -33,7 +40,7 @@ int32_t kv_manager::add_sequence(int64_t seq, const std::vector<int32_t>& tokens
     parent = h;
   }
   const int32_t cached = static_cast<int32_t>(s.table.size()) * block_size_;
-  hits_ += cached;
+  if (count) hits_ += cached;
   return cached;
 }
 
@@ -50,10 +57,11 @@ int32_t kv_manager::blocks_needed(int64_t seq, int32_t num_computed, int32_t num
   return need;
 }
 
-bool kv_manager::allocate(int64_t seq, int32_t num_computed, int32_t num_tokens, std::vector<block_copy>& copies) {
+bool kv_manager::allocate(int64_t seq, int32_t num_computed, int32_t num_tokens,
+                          std::vector<block_copy>& copies) {
   TROUPE_CHECK_LE(num_computed, num_tokens);
   if (blocks_needed(seq, num_computed, num_tokens) > pool_.num_blocks_free()) return false;
-  seq_blocks& s = seqs_.at(seq);
+  seq_blocks& s = find(seq);
   const int32_t have = static_cast<int32_t>(s.table.size());
   for (int32_t i = num_computed / block_size_; i < have && i * block_size_ < num_tokens; ++i) {
     const int32_t old = s.table[i];
@@ -77,7 +85,7 @@ bool kv_manager::allocate(int64_t seq, int32_t num_computed, int32_t num_tokens,
 
 void kv_manager::commit(int64_t seq, const std::vector<int32_t>& tokens, int32_t num_computed) {
   if (!prefix_caching_) return;
-  seq_blocks& s = seqs_.at(seq);
+  seq_blocks& s = find(seq);
   TROUPE_CHECK_LE(static_cast<size_t>(num_computed), tokens.size());
   const int32_t full = std::min<int32_t>(num_computed / block_size_, static_cast<int32_t>(s.table.size()));
   for (int32_t i = static_cast<int32_t>(s.hashes.size()); i < full; ++i) {
@@ -100,6 +108,7 @@ void kv_manager::free(int64_t seq) {
   if (it == seqs_.end()) return;
   const auto& table = it->second.table;
   for (auto b = table.rbegin(); b != table.rend(); ++b) pool_.release(*b);
+  if (last_ == &it->second) last_ = nullptr;
   seqs_.erase(it);
 }
 

@@ -20,6 +20,8 @@ struct block_copy {
 class kv_manager {
  public:
   kv_manager(int32_t num_blocks, int32_t block_size, bool prefix_caching);
+  kv_manager(const kv_manager&) = delete;  // find() caches a pointer into seqs_
+  kv_manager& operator=(const kv_manager&) = delete;
 
   int32_t block_size() const { return block_size_; }
   bool prefix_caching() const { return prefix_caching_; }
@@ -29,7 +31,8 @@ class kv_manager {
   // Registers a sequence whose first `tokens.size()` tokens must end up in the cache, and takes every
   // leading full block already cached. Returns the number of cached tokens: a multiple of block_size,
   // at most tokens.size() - 1 (the last token is always computed, since its logits are needed).
-  int32_t add_sequence(int64_t seq, const std::vector<int32_t>& tokens);
+  // count: add the lookup to the hit/query counters (false when retrying an admission that failed).
+  int32_t add_sequence(int64_t seq, const std::vector<int32_t>& tokens, bool count = true);
 
   // Blocks a call to allocate(seq, num_computed, num_tokens) would take from the pool.
   int32_t blocks_needed(int64_t seq, int32_t num_computed, int32_t num_tokens) const;
@@ -63,11 +66,14 @@ class kv_manager {
     std::vector<uint64_t> hashes;  // hash of each full block registered or matched so far
   };
   const seq_blocks& get(int64_t seq) const;
+  seq_blocks& find(int64_t seq) const;
 
   block_pool pool_;
   int32_t block_size_;
   bool prefix_caching_;
   std::unordered_map<int64_t, seq_blocks> seqs_;
+  mutable int64_t last_id_ = 0;         // find(): the last sequence looked up ...
+  mutable seq_blocks* last_ = nullptr;  // ... and its entry (nullptr: none)
   uint64_t queries_ = 0, hits_ = 0;
 };
 

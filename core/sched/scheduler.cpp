@@ -112,6 +112,7 @@ void scheduler::preempt(sequence& s) {
   kv_.free(s.id);
   s.in_kv = false;
   if (!swapped) s.num_computed = 0;  // recompute: prompt and outputs so far are prefilled again
+  s.prefix_counted = false;          // a recompute looks its tokens up again (and counts)
   if (s.worker_knows) dropped_.push_back(s.id);
   s.worker_knows = false;
   s.sent_table.clear();
@@ -222,7 +223,9 @@ step_plan scheduler::plan() {
       if (resuming_swap) {
         kv_.add_sequence(s->id, {});
       } else {
-        s->num_computed = kv_.add_sequence(s->id, s->tokens);
+        // A sequence that waits for blocks retries every step: count its prefix lookup once.
+        s->num_computed = kv_.add_sequence(s->id, s->tokens, !s->prefix_counted);
+        s->prefix_counted = true;
       }
       s->in_kv = true;
     }
@@ -336,6 +339,7 @@ void scheduler::reset_worker() {
     kv_.free(s.id);
     s.in_kv = false;
     s.num_computed = 0;
+    s.prefix_counted = false;
     s.worker_knows = false;
     s.sent_table.clear();
     waiting_[key_of(s)] = &s;

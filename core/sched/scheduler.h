@@ -105,6 +105,7 @@ class scheduler {
     bool finished = false;
     uint64_t order = 0;               // arrival order; preempted sequences keep theirs
     std::vector<int32_t> host_slots;  // swapped out: where its blocks wait (one per table entry)
+    bool prefix_counted = false;      // its last prefix lookup is in the hit/query counters
   };
   struct request {
     sched_request_in in;

@@ -44,16 +44,21 @@ step_result step_executor::execute(const step_plan& plan) {
 
   if (plan.seqs.empty()) return res;
   const int32_t bs = runner_.block_size();
-  ids_.clear();
-  pos_.clear();
-  slots_.clear();
-  qs_.assign(1, 0);
-  ctx_.clear();
+  const size_t num_seqs = plan.seqs.size();
+  // Sized once, written by index: a steady step neither allocates nor pays push_back's checks.
+  ids_.resize(plan.token_ids.size());
+  pos_.resize(plan.token_ids.size());
+  slots_.resize(plan.token_ids.size());
+  qs_.resize(num_seqs + 1);
+  ctx_.resize(num_seqs);
+  prompt_lens_.resize(num_seqs);
+  active_.resize(num_seqs);
   rows_.clear();
-  prompt_lens_.clear();
-  active_.clear();
+  qs_[0] = 0;
   int32_t max_blocks = 0;
-  for (const auto& st : plan.seqs) {
+  int32_t t = 0;  // tokens so far
+  for (size_t q = 0; q < num_seqs; ++q) {
+    const seq_step& st = plan.seqs[q];
     if (st.is_new) {
       mirror m;
       m.prompt = st.prompt;
@@ -69,23 +74,25 @@ step_result step_executor::execute(const step_plan& plan) {
     for (const auto& [i, b] : st.table_diff) m.table[i] = b;
     const int32_t n = st.num_tokens;
     const int32_t* tokens = plan.tokens_of(st);
+    TROUPE_CHECK_EQ(st.token_offset, t) << st.seq_id;
     TROUPE_CHECK_LE(static_cast<int64_t>(st.start + n), static_cast<int64_t>(m.table.size()) * bs)
         << st.seq_id;
-    for (int32_t i = 0; i < n; ++i) {
+    for (int32_t i = 0; i < n; ++i, ++t) {
       const int32_t p = st.start + i;
-      ids_.push_back(tokens[i]);
-      pos_.push_back(p);
+      ids_[t] = tokens[i];
+      pos_[t] = p;
       const int32_t block = m.table[p / bs];
       TROUPE_CHECK_GE(block, 0) << "sequence" << st.seq_id << "has no block at" << p / bs;
-      slots_.push_back(block * bs + p % bs);
+      slots_[t] = block * bs + p % bs;
     }
-    qs_.push_back(static_cast<int32_t>(ids_.size()));
-    ctx_.push_back(st.start + n);
-    prompt_lens_.push_back(static_cast<int32_t>(m.prompt.size()));
-    if (st.sample) rows_.push_back(static_cast<int32_t>(ids_.size()) - 1);
+    qs_[q + 1] = t;
+    ctx_[q] = st.start + n;
+    prompt_lens_[q] = static_cast<int32_t>(m.prompt.size());
+    if (st.sample) rows_.push_back(t - 1);
     max_blocks = std::max<int32_t>(max_blocks, static_cast<int32_t>(m.table.size()));
-    active_.push_back(&m);
+    active_[q] = &m;
   }
+  TROUPE_CHECK_EQ(static_cast<size_t>(t), plan.token_ids.size());
   tables_.assign(static_cast<size_t>(plan.seqs.size()) * max_blocks, 0);
   for (size_t i = 0; i < active_.size(); ++i) {
     std::copy(active_[i]->table.begin(), active_[i]->table.end(), tables_.begin() + i * max_blocks);

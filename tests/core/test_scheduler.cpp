@@ -802,6 +802,23 @@ TEST(Scheduler, ResetWorkerWithPrefixCacheReusesCommittedBlocks) {
   EXPECT_EQ(h.outputs, reference_outputs(add_reset_pair));
 }
 
+// Input: 4 blocks of 4; A: 12-token prompt, 4 outputs (all 4 blocks); B: 6 tokens, waits for A to finish.
+// Expected: B's failed admissions do not count its prefix lookup again: 12 + 6 tokens queried in all.
+TEST(Scheduler, PrefixQueriesOfAWaitingRequestCountOnce) {
+  harness h(config(64), 4, 4, true);
+  ASSERT_TRUE(h.sched.add(request(1, iota_tokens(12), params(4))));
+  ASSERT_TRUE(h.sched.add(request(2, iota_tokens(6, 500), params(2))));
+  h.step();
+  h.step();
+  h.step();
+  EXPECT_EQ(h.sched.stats().num_waiting, 1);  // B has waited three steps
+  h.run_until_idle();
+  EXPECT_EQ(h.sched.stats().preemptions, 0u);
+  EXPECT_EQ(h.sched.stats().prefix_queries, 18u);
+  EXPECT_EQ(h.sched.stats().prefix_hits, 0u);
+  EXPECT_TRUE(h.sched.idle_and_clean());
+}
+
 TEST(Scheduler, PrefixCacheServesASecondRequest) {
   harness h(config(64), 64, 4, true);
   const ids prompt = iota_tokens(10);
