@@ -40,7 +40,9 @@ struct actor_engine::system {
 };
 
 actor_engine::actor_engine(model_runner& runner, const tokenizer* tok, actor_engine_options opt)
-    : runner_(runner),
+    : cfg_(runner.config()),
+      num_kv_blocks_(runner.num_kv_blocks()),
+      block_size_(runner.block_size()),
       tok_(tok),
       opt_(std::move(opt)),
       state_(std::make_shared<shared_state>()),
@@ -66,7 +68,7 @@ actor_engine::actor_engine(model_runner& runner, const tokenizer* tok, actor_eng
       sys.spawn<caf::detached>(scheduler_actor, opt_.sched, runner.num_kv_blocks(), runner.block_size(),
                                opt_.prefix_caching, eos_ids_, state_, sys_->output);
   sys_->intake = sys.spawn(intake_actor, sys_->scheduler, sys_->output);
-  sys_->supervisor = sys.spawn(supervisor_actor, &runner_, state_, sys_->scheduler, opt_.max_worker_restarts);
+  sys_->supervisor = sys.spawn(supervisor_actor, &runner, state_, sys_->scheduler, opt_.max_worker_restarts);
 }
 
 actor_engine::~actor_engine() {
@@ -80,7 +82,7 @@ actor_engine::~actor_engine() {
 }
 
 submit_result actor_engine::submit(engine_request req, request_sink sink) {
-  const model_config& c = runner_.config();
+  const model_config& c = cfg_;
   submit_result res;
   if (state_->dead) return {submit_status::unavailable, "the engine has no working model worker"};
   std::vector<std::string> problems = req.params.validate(c.vocab_size);
@@ -166,7 +168,7 @@ engine_stats actor_engine::stats() const {
 model_info actor_engine::info() const {
   model_info i;
   i.name = opt_.model_name;
-  i.vocab_size = runner_.config().vocab_size;
+  i.vocab_size = cfg_.vocab_size;
   i.max_model_len = opt_.sched.max_model_len;
   return i;
 }
@@ -176,6 +178,25 @@ bool actor_engine::healthy() const { return !state_->dead; }
 void actor_engine::crash_worker_next_step() { state_->crash_next_step = true; }
 
 int32_t actor_engine::worker_restarts() const { return state_->worker_restarts; }
+
+void actor_engine::replace_runner(model_runner& runner) {
+  const model_config& c = runner.config();
+  if (c.vocab_size != cfg_.vocab_size || c.num_layers != cfg_.num_layers || c.hidden_size != cfg_.hidden_size)
+    throw error("replace_runner: the new runner serves a different model");
+  if (runner.num_kv_blocks() != num_kv_blocks_ || runner.block_size() != block_size_) {
+    throw error("replace_runner: the new runner has " + std::to_string(runner.num_kv_blocks()) +
+                " KV blocks of " + std::to_string(runner.block_size()) + " tokens; the engine's cache has " +
+                std::to_string(num_kv_blocks_) + " of " + std::to_string(block_size_));
+  }
+  caf::scoped_actor self{*sys_->sys};
+  bool done = false;
+  std::string why;
+  self->request(sys_->supervisor, caf::infinite, actors::replace_worker_msg{&runner})
+      .receive([&](bool ok) { done = ok; }, [&](caf::error& e) { why = caf::to_string(e); });
+  if (!done)
+    throw error("replace_runner: the supervisor did not replace the worker" +
+                (why.empty() ? "" : ": " + why));
+}
 
 bool actor_engine::wait_idle(std::chrono::milliseconds timeout) const {
   const auto deadline = clock::now() + timeout;

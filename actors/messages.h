@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "core/engine_api.h"
+#include "core/plugin_api/model_runner.h"
 #include "core/sched/scheduler.h"
 #include "core/sched/step.h"
 
@@ -50,6 +51,13 @@ struct abort_msg {
 struct worker_msg {
   caf::actor worker;
   uint64_t epoch = 0;
+  bool kv_lost = false;  // a new runner: the KV cache's contents (prefix cache included) are gone
+};
+
+// facade -> supervisor: run the model on this runner from now on (answered with true once the old worker
+// is gone and the new one started)
+struct replace_worker_msg {
+  model_runner* runner = nullptr;
 };
 
 // test hook: the worker throws during its next step (a crash mid-step)
@@ -63,5 +71,6 @@ CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::actors::finish_seqs_msg)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::actors::abort_msg)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::actors::worker_msg)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::actors::crash_msg)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::actors::replace_worker_msg)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::step_plan)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::step_result)

@@ -122,7 +122,7 @@ caf::behavior scheduler_actor(caf::event_based_actor* self, scheduler_config cfg
         s->epoch = m.epoch;
         s->worker = m.worker;
         s->busy = false;
-        if (restart) s->sched->reset_worker();
+        if (restart) s->sched->reset_worker(m.kv_lost);
         if (!s->worker) {
           // No worker any more: every live request fails.
           self->send(output, caf::close_atom::value);
@@ -135,7 +135,8 @@ caf::behavior scheduler_actor(caf::event_based_actor* self, scheduler_config cfg
   };
 }
 
-caf::behavior output_actor(caf::event_based_actor* self, const tokenizer* tok, std::shared_ptr<shared_state> st) {
+caf::behavior output_actor(caf::event_based_actor* self, const tokenizer* tok,
+                           std::shared_ptr<shared_state> st) {
   auto proc = std::make_shared<output_processor>(tok);
   (void)self;
   return {
@@ -158,7 +159,8 @@ caf::behavior output_actor(caf::event_based_actor* self, const tokenizer* tok, s
       [=](outputs_msg& m) {
         for (uint64_t rid : m.first_scheduled) proc->mark_scheduled(rid, m.scheduled_at);
         auto stops = proc->process(m.outs, m.now);
-        if (!stops.empty()) self->send(caf::actor_cast<caf::actor>(self->current_sender()), finish_seqs_msg{stops});
+        if (!stops.empty())
+          self->send(caf::actor_cast<caf::actor>(self->current_sender()), finish_seqs_msg{stops});
       },
       [=](abort_msg& m) { proc->abort(m.rid, clock::now()); },
       [=](caf::close_atom) {

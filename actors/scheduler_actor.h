@@ -21,6 +21,7 @@ caf::behavior scheduler_actor(caf::event_based_actor* self, scheduler_config cfg
                               std::shared_ptr<shared_state> st, caf::actor output);
 
 // Owns the output_processor: detokenizes, applies stop strings, calls the request sinks.
-caf::behavior output_actor(caf::event_based_actor* self, const tokenizer* tok, std::shared_ptr<shared_state> st);
+caf::behavior output_actor(caf::event_based_actor* self, const tokenizer* tok,
+                           std::shared_ptr<shared_state> st);
 
 }  // namespace troupe::actors

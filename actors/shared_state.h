@@ -13,7 +13,7 @@ namespace troupe::actors {
 struct shared_state {
   std::atomic<int32_t> num_running{0};
   std::atomic<int32_t> num_waiting{0};
-  std::atomic<int32_t> num_pending{0};  // submitted, not yet in the scheduler's queue
+  std::atomic<int32_t> num_pending{0};   // submitted, not yet in the scheduler's queue
   std::atomic<int32_t> num_requests{0};  // live requests
   std::atomic<int32_t> num_blocks{0};
   std::atomic<int32_t> num_blocks_used{0};

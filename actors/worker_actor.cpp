@@ -7,7 +7,8 @@
 
 namespace troupe::actors {
 
-caf::behavior worker_actor(caf::event_based_actor* self, model_runner* runner, std::shared_ptr<shared_state> st) {
+caf::behavior worker_actor(caf::event_based_actor* self, model_runner* runner,
+                           std::shared_ptr<shared_state> st) {
   auto exec = std::make_shared<step_executor>(*runner);
   (void)self;
   return {
@@ -18,25 +19,42 @@ caf::behavior worker_actor(caf::event_based_actor* self, model_runner* runner, s
   };
 }
 
-caf::behavior supervisor_actor(caf::event_based_actor* self, model_runner* runner, std::shared_ptr<shared_state> st,
-                               caf::actor scheduler, int32_t max_restarts) {
+caf::behavior supervisor_actor(caf::event_based_actor* self, model_runner* runner,
+                               std::shared_ptr<shared_state> st, caf::actor scheduler, int32_t max_restarts) {
   auto epoch = std::make_shared<uint64_t>(1);
   auto current = std::make_shared<caf::actor>();
-  auto spawn_worker = [=] {
-    caf::actor w = self->system().spawn<caf::detached>(worker_actor, runner, st);
+  auto model = std::make_shared<model_runner*>(runner);
+  // A replacement in progress: the old worker was told to exit; its death starts one on the new runner.
+  struct replacement {
+    bool pending = false;
+    caf::response_promise rp;
+  };
+  auto repl = std::make_shared<replacement>();
+  auto spawn_worker = [=](bool kv_lost) {
+    caf::actor w = self->system().spawn<caf::detached>(worker_actor, *model, st);
     *current = w;
     self->monitor(w);
-    self->send(scheduler, worker_msg{w, *epoch});
+    self->send(scheduler, worker_msg{w, *epoch, kv_lost});
   };
-  spawn_worker();
+  spawn_worker(false);
   // Shutting down takes the worker along (it is monitored, not linked, so that its crashes do not kill us).
   self->set_exit_handler([=](caf::exit_msg& m) {
     if (*current) self->send_exit(*current, m.reason);
     *current = caf::actor{};
+    if (repl->pending) repl->rp.deliver(false);
+    repl->pending = false;
     self->quit(m.reason);
   });
   self->set_down_handler([=](caf::down_msg& m) {
-    (void)m;
+    if (m.source != current->address()) return;  // an older worker
+    if (repl->pending) {
+      // Planned: the old worker finished its step and left; nothing of it uses the old runner any more.
+      repl->pending = false;
+      ++*epoch;
+      spawn_worker(true);
+      repl->rp.deliver(true);
+      return;
+    }
     if (st->dead) return;
     if (st->worker_restarts.load() >= max_restarts) {
       st->dead = true;
@@ -45,9 +63,20 @@ caf::behavior supervisor_actor(caf::event_based_actor* self, model_runner* runne
     }
     ++st->worker_restarts;
     ++*epoch;
-    spawn_worker();
+    spawn_worker(false);  // same runner: its KV memory, and so the prefix cache, is still valid
   });
-  return {[=](caf::get_atom) { return st->worker_restarts.load(); }};
+  return {
+      [=](caf::get_atom) { return st->worker_restarts.load(); },
+      [=](replace_worker_msg& m) -> caf::result<bool> {
+        if (repl->pending || !*current) return false;
+        *model = m.runner;
+        repl->pending = true;
+        repl->rp = self->make_response_promise();
+        // A step in progress completes first: the exit is handled between messages.
+        self->send_exit(*current, caf::exit_reason::user_shutdown);
+        return repl->rp;
+      },
+  };
 }
 
 }  // namespace troupe::actors

@@ -10,11 +10,12 @@ namespace troupe::actors {
 
 // One per device; spawned detached because a step blocks on the model. Each incarnation starts with an
 // empty step_executor (no sequence mirrors), so a restarted worker is fed every sequence anew.
-caf::behavior worker_actor(caf::event_based_actor* self, model_runner* runner, std::shared_ptr<shared_state> st);
+caf::behavior worker_actor(caf::event_based_actor* self, model_runner* runner,
+                           std::shared_ptr<shared_state> st);
 
 // Spawns the worker, watches it, and on its death spawns another (up to a limit) and hands it to the
 // scheduler.
-caf::behavior supervisor_actor(caf::event_based_actor* self, model_runner* runner, std::shared_ptr<shared_state> st,
-                               caf::actor scheduler, int32_t max_restarts);
+caf::behavior supervisor_actor(caf::event_based_actor* self, model_runner* runner,
+                               std::shared_ptr<shared_state> st, caf::actor scheduler, int32_t max_restarts);
 
 }  // namespace troupe::actors

@@ -16,10 +16,16 @@ namespace troupe::gateway {
 
 struct gateway_state {
   explicit gateway_state(server_options o)
-      : opts(std::move(o)), auth(opts.api_keys, opts.public_routes), metrics(global_gateway_metrics()) {}
+      : opts(std::move(o)),
+        auth_(std::make_shared<const authenticator>(opts.api_keys, opts.public_routes)),
+        metrics(global_gateway_metrics()) {}
+
+  // The keys and public routes in force; a reload swaps them while requests are being checked.
+  std::shared_ptr<const authenticator> auth() const { return std::atomic_load(&auth_); }
+  void set_auth(std::shared_ptr<const authenticator> a) { std::atomic_store(&auth_, std::move(a)); }
 
   server_options opts;
-  authenticator auth;
+  std::shared_ptr<const authenticator> auth_;
   gateway_metrics& metrics;
   std::atomic<engine*> eng{nullptr};
   std::atomic<bool> draining{false};

@@ -10,6 +10,7 @@
 #include <boost/beast/websocket/rfc6455.hpp>
 #include <deque>
 #include <optional>
+#include <thread>
 
 #include "gateway/api_error.h"
 #include "gateway/http_util.h"
@@ -74,6 +75,7 @@ class http_session : public std::enable_shared_from_this<http_session<Stream>> {
   void handle();
   void handle_generation(api_kind kind);
   void send_metrics();
+  void admin_reload();
 
   void send(http::status status, std::string body, const char* content_type, bool close = false,
             int retry_after = 0, bool www_authenticate = false);
@@ -180,10 +182,11 @@ void http_session<Stream>::on_header(beast::error_code ec) {
   route_ = route_name(req.target());
   keep_alive_ = req.keep_alive();
 
-  if (st_->auth.enabled() && !st_->auth.is_public(path)) {
+  const auto auth = st_->auth();
+  if (auth->enabled() && !auth->is_public(path)) {
     std::string key(authenticator::bearer_token(req[http::field::authorization]));
     if (key.empty() && path == "/v1/ws") key = authenticator::query_param(req.target(), "api_key");
-    if (!st_->auth.key_valid(key)) {
+    if (!auth->key_valid(key)) {
       st_->metrics.count_error("authentication");
       st_->metrics.count_api_error("authentication_error", "401");
       // The body is not read: close rather than parse it as the next request.
@@ -239,7 +242,8 @@ void http_session<Stream>::handle() {
     if (route_ == "other") {
       throw api_error(404, "no route for " + path, "invalid_request_error", "", "not_found");
     }
-    const bool wants_post = route_ == "/v1/completions" || route_ == "/v1/chat/completions";
+    const bool wants_post =
+        route_ == "/v1/completions" || route_ == "/v1/chat/completions" || route_ == "/admin/reload";
     if (wants_post ? !post : !get) {
       throw api_error(405, std::string("use ") + (wants_post ? "POST" : "GET") + " for " + route_,
                       "invalid_request_error", "", "method_not_allowed");
@@ -261,6 +265,7 @@ void http_session<Stream>::handle() {
       return send_json(http::status::ok, {{"status", "ready"}});
     }
     if (route_ == "/version") return send_json(http::status::ok, {{"version", st_->opts.version}});
+    if (route_ == "/admin/reload") return admin_reload();
     if (route_ == "/metrics") return send_metrics();
     if (route_ == "/v1/models") {
       if (!eng) throw api_error(503, "the model is still loading", "service_unavailable", "", "loading");
@@ -293,6 +298,38 @@ void http_session<Stream>::send_metrics() {
     m.kv_cache_usage.set(s.kv_usage);
   }
   send(http::status::ok, global_metrics().render(), "text/plain; version=0.0.4; charset=utf-8");
+}
+
+template <class Stream>
+void http_session<Stream>::admin_reload() {
+  if (!st_->opts.reload)
+    throw api_error(404, "configuration reload is not available", "invalid_request_error", "", "not_found");
+  // Without keys every route is open; an unauthenticated endpoint that rebuilds the engine is not.
+  if (!st_->auth()->enabled()) {
+    throw api_error(403, "the admin API needs api_keys configured", "permission_error", "", "admin_disabled");
+  }
+  // Reloading may rebuild the model workers (seconds): run it on a thread of its own and answer from the
+  // session's io_context once it is done.
+  std::weak_ptr<void> pool = st_->io_pool;
+  auto self = this->shared_from_this();
+  auto ex = stream_.get_executor();
+  std::thread([self, pool, ex, fn = st_->opts.reload] {
+    const reload_outcome r = fn();
+    std::shared_ptr<void> keep = pool.lock();
+    if (!keep) return;
+    boost::asio::post(ex, [self, r] {
+      json body = {
+          {"status", r.ok ? "reloaded" : "refused"}, {"changed", r.changed}, {"problems", r.problems}};
+      if (!r.ok) {
+        std::string msg = "the new configuration was refused, the old one keeps serving:";
+        for (const auto& p : r.problems) msg += " " + p + ";";
+        body["error"] = {
+            {"message", msg}, {"type", "invalid_request_error"}, {"param", nullptr}, {"code", "bad_config"}};
+        self->st_->metrics.count_api_error("invalid_request_error", "400");
+      }
+      self->send_json(r.ok ? http::status::ok : http::status::bad_request, body);
+    });
+  }).detach();
 }
 
 template <class Stream>

@@ -5,9 +5,15 @@ namespace troupe::gateway {
 std::string target_path(std::string_view target) { return std::string(target.substr(0, target.find('?'))); }
 
 std::string route_name(std::string_view target) {
-  static const char* const routes[] = {
-      "/health", "/ready", "/version", "/metrics", "/v1/models", "/v1/completions", "/v1/chat/completions",
-      "/v1/ws"};
+  static const char* const routes[] = {"/health",
+                                       "/ready",
+                                       "/version",
+                                       "/metrics",
+                                       "/v1/models",
+                                       "/v1/completions",
+                                       "/v1/chat/completions",
+                                       "/v1/ws",
+                                       "/admin/reload"};
   const std::string path = target_path(target);
   for (const char* r : routes) {
     if (path == r) return path;

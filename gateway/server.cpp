@@ -108,6 +108,10 @@ void server::start() {
 
 void server::set_engine(engine* eng) { state_->eng.store(eng); }
 
+void server::set_auth(std::vector<std::string> api_keys, std::vector<std::string> public_routes) {
+  state_->set_auth(std::make_shared<const authenticator>(std::move(api_keys), std::move(public_routes)));
+}
+
 uint16_t server::port() const { return impl_->port; }
 
 void server::begin_drain() { state_->draining.store(true); }

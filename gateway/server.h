@@ -15,6 +15,7 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -26,6 +27,13 @@ class engine;
 }
 
 namespace troupe::gateway {
+
+// What POST /admin/reload answers: ok with the settings that changed, or the problems (nothing changed).
+struct reload_outcome {
+  bool ok = false;
+  std::vector<std::string> changed;   // settings now in effect that differ from before
+  std::vector<std::string> problems;  // why the new configuration was refused
+};
 
 struct server_options {
   std::string host = "0.0.0.0";
@@ -55,6 +63,10 @@ struct server_options {
   std::chrono::milliseconds drain_timeout{30000};  // stop() waits this long for in-flight requests
   int retry_after_s = 1;                           // Retry-After on 429 and 503
   std::string version = TROUPE_VERSION;            // GET /version
+  // POST /admin/reload (an API key is required; the route is refused when no keys are configured):
+  // re-reads the configuration. Called on a thread of its own, since it may rebuild the model workers;
+  // it must not throw. Empty: the route answers 404.
+  std::function<reload_outcome()> reload;
 };
 
 struct gateway_state;
@@ -72,6 +84,8 @@ class server {
   void start();
   // The engine is up: generation routes and /ready answer normally.
   void set_engine(engine* eng);
+  // New API keys and public routes, for requests that arrive from now on (configuration reload).
+  void set_auth(std::vector<std::string> api_keys, std::vector<std::string> public_routes);
   uint16_t port() const;  // the bound port (useful with port 0)
 
   // Drains then closes: /ready and new requests answer 503, in-flight requests finish (up to

@@ -328,7 +328,7 @@ std::vector<seq_output> scheduler::update(const step_result& result) {
   return outs;
 }
 
-void scheduler::reset_worker() {
+void scheduler::reset_worker(bool kv_lost) {
   in_flight_ = false;
   std::vector<sequence*> victims;
   for (auto& [k, s] : running_) victims.push_back(s);
@@ -350,8 +350,16 @@ void scheduler::reset_worker() {
       for (int32_t slot : s->host_slots) host_pool_->release(slot);
     }
     s->host_slots.clear();
-    if (!s->in_kv) s->num_computed = 0;
+    if (kv_lost && s->in_kv) {
+      kv_.free(s->id);  // its prefix hits point at blocks the new runner never computed
+      s->in_kv = false;
+    }
+    if (!s->in_kv) {
+      s->num_computed = 0;
+      s->prefix_counted = false;
+    }
   }
+  if (kv_lost) kv_.pool().reset_prefix_cache();
   dropped_.clear();
   pending_swap_out_.clear();
   pending_swap_in_.clear();

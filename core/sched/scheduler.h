@@ -79,7 +79,9 @@ class scheduler {
   // Applies the worker's result for the in-flight plan and returns per-sequence outputs.
   std::vector<seq_output> update(const step_result& result);
   // The worker lost its state (restarted): every running sequence is recomputed from its tokens.
-  void reset_worker();
+  // kv_lost: the KV memory went too (a new runner): every block is freed and the prefix cache emptied,
+  // since cached blocks would point at contents the new runner never computed.
+  void reset_worker(bool kv_lost = false);
 
   // Requests whose first sequence was scheduled for the first time by the last plan (for queue time).
   std::vector<uint64_t> take_first_scheduled() { return std::move(first_scheduled_); }

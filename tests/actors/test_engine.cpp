@@ -10,6 +10,7 @@
 #include <thread>
 
 #include "actors/engine.h"
+#include "core/error.h"
 #include "core/offline_engine.h"
 #include "core/tokenizer.h"
 #include "plugins/cpu/cpu_model_runner.h"
@@ -170,7 +171,8 @@ TEST_F(ServingCore, GreedyBatchedWith31Others) {
   }
   ASSERT_TRUE(c.wait());
   expect_target(c.get("t"), "batched");
-  for (const auto& o : rest) EXPECT_EQ(static_cast<int32_t>(c.get(o.id).ids.at(0).size()), o.params.max_tokens);
+  for (const auto& o : rest)
+    EXPECT_EQ(static_cast<int32_t>(c.get(o.id).ids.at(0).size()), o.params.max_tokens);
   EXPECT_TRUE(e.wait_idle(std::chrono::seconds(10)));
 }
 
@@ -178,15 +180,18 @@ TEST_F(ServingCore, GreedyWithPrefixCacheHit) {
   auto r = runner(64);
   actor_engine e(*r, tok_, {});
   collector c;
-  ASSERT_EQ(e.submit(as_engine(target_request(), "first"), c.sink_for("first")).status, submit_status::accepted);
+  ASSERT_EQ(e.submit(as_engine(target_request(), "first"), c.sink_for("first")).status,
+            submit_status::accepted);
   ASSERT_TRUE(c.wait());
   const uint64_t hits_before = e.stats().prefix_cache_hits;
-  ASSERT_EQ(e.submit(as_engine(target_request(), "second"), c.sink_for("second")).status, submit_status::accepted);
+  ASSERT_EQ(e.submit(as_engine(target_request(), "second"), c.sink_for("second")).status,
+            submit_status::accepted);
   ASSERT_TRUE(c.wait());
   expect_target(c.get("first"), "cold");
   expect_target(c.get("second"), "prefix hit");
   const size_t prompt = target_request().prompt_ids.size();
-  EXPECT_EQ(e.stats().prefix_cache_hits - hits_before, (prompt - 1) / 16 * 16) << "every full prompt block is reused";
+  EXPECT_EQ(e.stats().prefix_cache_hits - hits_before, (prompt - 1) / 16 * 16)
+      << "every full prompt block is reused";
   EXPECT_TRUE(e.wait_idle(std::chrono::seconds(10)));
 }
 
@@ -198,7 +203,8 @@ TEST_F(ServingCore, GreedyWithPrefillChunkedAt7) {
   collector c;
   auto rest = others(2);
   ASSERT_EQ(e.submit(as_engine(target_request(), "t"), c.sink_for("t")).status, submit_status::accepted);
-  for (int i = 0; i < 5; ++i) ASSERT_EQ(e.submit(rest[i], c.sink_for(rest[i].id)).status, submit_status::accepted);
+  for (int i = 0; i < 5; ++i)
+    ASSERT_EQ(e.submit(rest[i], c.sink_for(rest[i].id)).status, submit_status::accepted);
   ASSERT_TRUE(c.wait());
   expect_target(c.get("t"), "chunked at 7");
 }
@@ -355,6 +361,42 @@ TEST_F(ServingCore, KilledWorkerIsRestartedAndRequestsFinishCorrectly) {
   }
   EXPECT_TRUE(e.healthy());
   EXPECT_TRUE(e.wait_idle(std::chrono::seconds(10)));
+}
+
+// A configuration reload that changes plugins swaps the runner under live traffic: every request still
+// finishes with the right output, the old runner can be destroyed right after, and nothing leaks.
+TEST_F(ServingCore, ReplacedRunnerServesInFlightRequestsCorrectly) {
+  auto r = runner(256);
+  actor_engine e(*r, tok_, {});
+  collector c;
+  auto rest = others(7);
+  ASSERT_EQ(e.submit(as_engine(target_request(), "t"), c.sink_for("t")).status, submit_status::accepted);
+  for (int i = 0; i < 10; ++i) e.submit(rest[i], c.sink_for(rest[i].id));
+  std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  auto r2 = runner(256);
+  e.replace_runner(*r2);
+  r.reset();  // the engine no longer uses it: a use after this would fault under the sanitizers
+  auto r3 = runner(256);
+  e.replace_runner(*r3);  // and once more, while requests may still be running on r2
+  r2.reset();
+  ASSERT_TRUE(c.wait());
+  expect_target(c.get("t"), "after runner replacements");
+  for (int i = 0; i < 10; ++i) {
+    auto res = c.get(rest[i].id);
+    EXPECT_FALSE(res.error) << rest[i].id;
+    EXPECT_EQ(static_cast<int32_t>(res.ids.at(0).size()), rest[i].params.max_tokens) << rest[i].id;
+  }
+  EXPECT_EQ(e.worker_restarts(), 0);  // planned replacements are not crashes
+  EXPECT_TRUE(e.healthy());
+  EXPECT_TRUE(e.wait_idle(std::chrono::seconds(10)));
+  // A runner with another KV geometry cannot take over the engine's cache.
+  auto small = runner(64);
+  EXPECT_THROW(e.replace_runner(*small), troupe::error);
+  // The engine still serves after the refusal.
+  collector c2;
+  ASSERT_EQ(e.submit(as_engine(target_request(), "t2"), c2.sink_for("t2")).status, submit_status::accepted);
+  ASSERT_TRUE(c2.wait());
+  expect_target(c2.get("t2"), "after a refused replacement");
 }
 
 TEST_F(ServingCore, RefusesBadRequestsWithEveryReason) {

@@ -819,6 +819,26 @@ TEST(Scheduler, PrefixQueriesOfAWaitingRequestCountOnce) {
   EXPECT_TRUE(h.sched.idle_and_clean());
 }
 
+// Input: a finished request leaves 2 cached blocks; a second one waits with a prefix hit; then the worker
+// comes back on a new runner (kv_lost). Expected: the cache is emptied and the waiting request recomputes
+// its whole prompt (no hit may point at memory the new runner never wrote).
+TEST(Scheduler, NewRunnerEmptiesThePrefixCache) {
+  harness h(config(64), 64, 4, true);
+  const ids prompt = iota_tokens(10);
+  ASSERT_TRUE(h.sched.add(request(1, prompt, params(2), 0, 9)));
+  h.run_until_idle();
+  EXPECT_EQ(h.sched.kv().pool().num_blocks_cached(), 2);
+  h.sched.reset_worker(true);
+  h.worker = fake_worker(64, 4, 0);  // the new runner's memory holds nothing
+  EXPECT_EQ(h.sched.kv().pool().num_blocks_cached(), 0);
+  ASSERT_TRUE(h.sched.add(request(2, prompt, params(2), 0, 9)));
+  h.step();
+  EXPECT_EQ(h.last.seqs.at(0).start, 0);
+  h.run_until_idle();
+  EXPECT_EQ(h.outputs[seq_key(1, 0)], h.outputs[seq_key(2, 0)]);
+  EXPECT_TRUE(h.sched.idle_and_clean());
+}
+
 TEST(Scheduler, PrefixCacheServesASecondRequest) {
   harness h(config(64), 64, 4, true);
   const ids prompt = iota_tokens(10);
