@@ -204,8 +204,10 @@ class http_op : public std::enable_shared_from_this<http_op> {
   void run() {
     stream_ = c_.take_idle();
     reused_ = stream_ != nullptr;
-    if (reused_) return write();
-    connect();
+    if (!reused_) return connect();
+    // A kept-alive stream may still have its previous request's timer handler pending on its strand:
+    // touch it only from there.
+    net::post(stream_->get_executor(), [self = shared_from_this()] { self->write(); });
   }
 
  private:

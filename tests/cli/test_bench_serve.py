@@ -157,6 +157,20 @@ class BenchServe(unittest.TestCase):
         self.assertIn("Maximum request concurrency:", p.stdout)
         self.assertGreater(hits, 0)
 
+    def test_sharegpt_dataset_with_the_model_tokenizer(self):
+        path = os.path.join(self.tmp.name, "sharegpt.json")
+        bench("--base-url", self.url, "--backend", "ws", "--dataset", "sharegpt", "--dataset-path",
+              os.path.join(ROOT, "tests", "cli", "data", "sharegpt_small.json"), "--tokenizer",
+              os.path.join(ROOT, "models", "default"), "--num-prompts", "6", "--json", path)
+        with open(path) as f:
+            rec = json.load(f)
+        self.assertEqual(rec["summary"]["completed"], 6)
+        for r in rec["requests"]:
+            self.assertTrue(r["success"], r["error"])
+            self.assertGreaterEqual(r["prompt_tokens"], 4)
+            self.assertGreaterEqual(r["expected_output_tokens"], 4)
+            self.assertEqual(r["output_tokens"], r["expected_output_tokens"])
+
     def test_bad_input_is_one_line_error(self):
         for args, want in ((["--backend", "grpc"], "--backend must be openai or ws"),
                            (["--dataset", "sharegpt"], "needs --dataset-path"),
