@@ -6,6 +6,8 @@
 // Afterwards, at idle: nothing running or waiting, no KV block in use (cached prefix blocks are evictable,
 // core/kv/block_pool.h), /health 200, and the engine's counters equal what the clients saw.
 // Prints requests/s, tokens/s, and p50/p99 latency and time to first token.
+import fs from 'node:fs';
+import os from 'node:os';
 import { check, connectWs, eq, finish, metrics, readSSE, sleep, startTroupe } from './server.mjs';
 
 const CLIENTS = Number(process.env.TROUPE_LOAD_CLIENTS || 200);
@@ -123,6 +125,8 @@ try {
     greedyRef.push(r.choices[0].text);
   }
   const base = await metrics(srv.url);
+  const rss = () => Number(fs.readFileSync(`/proc/${srv.proc.pid}/status`, 'utf8').match(/VmRSS:\s+(\d+)/)?.[1] ?? 0) / 1024;
+  const rssBefore = rss();
 
   const start = performance.now();
   const deadline = Date.now() + SECONDS * 1000;
@@ -138,7 +142,8 @@ try {
               `troupe serve on the CPU worker (models/default): ${requests} requests (${(requests / secs).toFixed(1)} req/s; ` +
               `${sseRequests} SSE, ${wsRequests} ws), ${tokens} tokens (${(tokens / secs).toFixed(0)} tok/s), ` +
               `latency p50 ${pct(latencies, 0.5)} ms p99 ${pct(latencies, 0.99)} ms, ` +
-              `TTFT p50 ${pct(ttfts, 0.5)} ms p99 ${pct(ttfts, 0.99)} ms, ${errors} errors`);
+              `TTFT p50 ${pct(ttfts, 0.5)} ms p99 ${pct(ttfts, 0.99)} ms, ${errors} errors ` +
+              `(server RSS ${rssBefore.toFixed(0)} -> ${rss().toFixed(0)} MiB; load average ${os.loadavg()[0].toFixed(1)} on ${os.cpus().length} cores)`);
   eq(errors, 0, 'no errors under load', firstErrors);
   check(requests >= CLIENTS, 'every client completed requests', requests);
   check(greedyChecked > 0, 'greedy clients checked their text', greedyChecked);

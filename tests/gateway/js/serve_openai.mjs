@@ -135,6 +135,22 @@ try {
     eq(sts.finish, ['stop'], 'streamed stop finish_reason');
   }
 
+  // A stop string whose start ends the text is held back while it might still match, then sent whole
+  // when the sequence ends by length
+  const tailStop = greedy.slice(-2) + '\u0007\u0007';
+  const held = await client.completions.create({ prompt: PROMPT, max_tokens: 24, temperature: 0, ignore_eos: true, stop: tailStop });
+  eq([held.choices[0].text, held.choices[0].finish_reason], [greedy, 'length'], 'a partly matched stop string is flushed at the end');
+  const heldS = await drainCompletion(await client.completions.create({
+    prompt: PROMPT, max_tokens: 24, temperature: 0, ignore_eos: true, stop: tailStop, stream: true,
+  }));
+  eq(heldS.text, [greedy], 'streamed: a partly matched stop string is flushed at the end');
+
+  // Truncations that leave only the top token sample the greedy text whatever the seed
+  for (const extra of [{ top_k: 1 }, { top_p: 1e-6 }, { min_p: 1 }]) {
+    const t = await client.completions.create({ prompt: PROMPT, max_tokens: 24, temperature: 1, seed: 5, ignore_eos: true, ...extra });
+    eq(t.choices[0].text, greedy, `${JSON.stringify(extra)} at temperature 1 == greedy`);
+  }
+
   // Stop strings with n > 1: each choice stops on its own; the others run on. Choice i's text is its
   // unstopped text (same seed) cut at the stop string's first occurrence, if it occurs at all.
   const nstop = pickStop(n3.choices[0].text, Math.floor(n3.choices[0].text.length / 3), 2);
