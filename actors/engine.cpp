@@ -49,6 +49,10 @@ actor_engine::actor_engine(model_runner& runner, const tokenizer* tok, actor_eng
       sys_(std::make_unique<system>()) {
   const model_config& c = runner.config();
   if (opt_.sched.max_model_len <= 0) opt_.sched.max_model_len = c.max_model_len();
+  // A sequence longer than the whole KV cache could never be scheduled and would block the queue behind
+  // it: the context the engine serves is at most what the cache holds (vLLM refuses to start instead).
+  const int64_t kv_tokens = static_cast<int64_t>(runner.num_kv_blocks()) * runner.block_size();
+  if (opt_.sched.max_model_len > kv_tokens) opt_.sched.max_model_len = kv_tokens;
   if (opt_.model_name.empty()) opt_.model_name = "troupe";
   eos_ids_ = c.eos_token_ids;
   if (tok_ && tok_->eos_id() &&

@@ -69,6 +69,7 @@ loaded_model load_model(const std::string& dir, const model_load_options& opt) {
     cuda_runner_options copt;
     copt.num_kv_blocks = opt.num_kv_blocks;
     copt.attention = opt.attention;
+    copt.gpu_memory_utilization = opt.gpu_memory_utilization;
     m.runner = cuda_model_runner::load(dir, copt);
 #endif
   } else {

@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace troupe::cli {
@@ -32,16 +33,32 @@ struct serve_config {
   int64_t swap_space_blocks = 0;
   bool allow_request_chat_template = false;  // accept "chat_template" in chat requests
 
+  // Plugins and layout
+  std::string device = "auto";          // auto | cpu | cuda
+  std::string attention = "auto";       // auto (flash on cuda) | flash | paged; cuda plugins
+  std::string quantization = "none";    // weight quantization plugin: none (fp32 on cpu, bf16 on cuda)
+  std::string kv_cache_dtype = "auto";  // auto: the model's compute dtype
+  double gpu_memory_utilization = 0.9;  // cuda: share of device memory for weights + KV cache
+  int64_t tensor_parallel_size = 1;     // parallel layout: one device per process in this build
+  int64_t pipeline_parallel_size = 1;
+  int64_t data_parallel_size = 1;
+
   // Every key the file and the flags accept (flag --x-y is key x_y).
   static const std::vector<std::string>& keys();
 };
 
-// Reads a YAML/JSON mapping into cfg; throws troupe::error listing every problem (unknown keys with the
-// closest valid name, wrong types).
+// Reads a YAML/JSON mapping into cfg and returns every problem (unknown keys with the closest valid name,
+// wrong types, an unreadable file); settings that parsed are applied even when others did not.
+std::vector<std::string> read_serve_config_file(const std::string& path, serve_config& cfg);
+// The same, throwing troupe::error with every problem.
 void load_serve_config_file(const std::string& path, serve_config& cfg);
+// The value of every setting, as a YAML/JSON file would spell it (for check-config and reload reports).
+std::vector<std::pair<std::string, std::string>> serve_config_values(const serve_config& cfg);
 // Applies one key=value (from a flag); throws on an unknown key or a bad value.
 void set_serve_config_value(serve_config& cfg, const std::string& key, const std::string& value);
-// Cross-field checks; every problem at once.
-std::vector<std::string> validate_serve_config(const serve_config& cfg);
+// Value ranges, plugin names and plugin combinations that cannot work together (with this build: a cuda
+// device without the CUDA backend); every problem at once. check_files also checks that the model
+// directory, the key file and the TLS files exist.
+std::vector<std::string> validate_serve_config(const serve_config& cfg, bool check_files = false);
 
 }  // namespace troupe::cli
