@@ -2,7 +2,9 @@
 // --random-weights with a config.json such as configs/models/llama-3.1-8b/config.json), driven step by step
 // the way the engine drives it: one prefill pass (chunked to --max-batched-tokens) then --output-len decode
 // steps of the whole batch. Decode inputs are random ids (timing does not depend on which token was
-// sampled); every step returns fp32 logits for each sequence to the host, as the engine needs today.
+// sampled). Each step samples greedily on the device and returns one id and logprob per sequence, as the
+// engine does for greedy requests; --host-logits copies every fp32 logits row to the host instead (what a
+// step with host-sampled rows pays).
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -26,7 +28,7 @@ int run_engine_bench(const std::string& mode, int default_batch, int default_inp
   arg_parser ap(
       "bench " + mode,
       {"model", "batch", "input-len", "output-len", "attention", "max-batched-tokens", "block-size"},
-      {"random-weights", "json"});
+      {"random-weights", "json", "host-logits"});
   ap.parse(args);
   const std::string model = ap.get_or("model", "configs/models/llama-3.1-8b/config.json");
   const int B = static_cast<int>(ap.get_int("batch").value_or(default_batch));
@@ -50,7 +52,11 @@ int run_engine_bench(const std::string& mode, int default_batch, int default_inp
     tables[i] = static_cast<int32_t>(i);  // seq s owns its own blocks
   std::mt19937 rng(7);
   std::uniform_int_distribution<int32_t> tok(0, c.vocab_size - 1);
-  std::vector<float> logits(static_cast<size_t>(B) * c.vocab_size);
+  const bool host_logits = ap.has("host-logits");
+  std::vector<float> logits(host_logits ? static_cast<size_t>(B) * c.vocab_size : 0);
+  std::vector<uint8_t> greedy(B, 1);
+  std::vector<int32_t> ids(B);
+  std::vector<float> lps(B);
 
   // One step over sequences [s0, s1): tokens [from, to) of each.
   auto step = [&](int s0, int s1, int from, int to) {
@@ -79,7 +85,11 @@ int run_engine_bench(const std::string& mode, int default_batch, int default_inp
     b.max_blocks_per_seq = blocks_per_seq;
     b.num_logits = static_cast<int32_t>(in.logits_rows.size());
     const auto t0 = std::chrono::steady_clock::now();
-    runner->forward(b, logits.data());  // returns after the logits reached the host
+    if (host_logits) {
+      runner->forward(b, logits.data());  // returns after the logits reached the host
+    } else {
+      runner->forward_greedy(b, greedy.data(), logits.data(), ids.data(), lps.data());
+    }
     return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
   };
 
@@ -102,10 +112,12 @@ int run_engine_bench(const std::string& mode, int default_batch, int default_inp
 
   if (ap.has("json")) {
     std::printf(
-        "{\"mode\": \"%s\", \"model\": \"%s\", \"random_weights\": %s, \"attention\": \"%s\", \"batch\": %d, "
+        "{\"mode\": \"%s\", \"model\": \"%s\", \"random_weights\": %s, \"attention\": \"%s\", "
+        "\"sampling\": \"%s\", \"batch\": %d, "
         "\"input_len\": %d, \"output_len\": %d, \"load_s\": %.2f, \"prefill_ms\": %.3f, "
         "\"decode_ms_per_step_median\": %.4f, \"decode_tokens_per_s\": %.1f}\n",
-        mode.c_str(), model.c_str(), opt.random_weights ? "true" : "false", opt.attention.c_str(), B, P, G,
+        mode.c_str(), model.c_str(), opt.random_weights ? "true" : "false", opt.attention.c_str(),
+        host_logits ? "host_logits" : "device_greedy", B, P, G,
         load_s, prefill_ms, med, tok_s);
   } else {
     std::printf("%s: %s (%s attention), batch %d, %d in / %d out\n", mode.c_str(), model.c_str(),

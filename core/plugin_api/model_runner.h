@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <stdexcept>
 
 #include "core/model_config.h"
 
@@ -37,6 +38,18 @@ class model_runner {
   // Runs the model over the batch, writes K/V into the cache, and fills logits [num_logits, vocab_size]
   // (host memory, fp32).
   virtual void forward(const forward_batch& batch, float* logits) = 0;
+
+  // Backends that can reduce greedy rows where the logits live say so here, and then implement
+  // forward_greedy: for each logits row i with greedy[i] != 0, ids[i] = the argmax (the lowest id among
+  // equal maxima, as sampler::sample picks) and logprobs[i] = its raw log-softmax (ids[i] = -1 when the row
+  // holds a NaN or +inf); the other rows' logits go to `logits`, packed in row order ([rows without
+  // greedy, vocab_size], host fp32). A greedy step then moves 8 bytes per sequence instead of a row.
+  virtual bool samples_greedy_on_device() const { return false; }
+  virtual void forward_greedy(const forward_batch& batch, const uint8_t* greedy, float* logits, int32_t* ids,
+                              float* logprobs) {
+    (void)batch, (void)greedy, (void)logits, (void)ids, (void)logprobs;
+    throw std::logic_error("this backend does not sample on its device");
+  }
   // Copies whole KV blocks src[i] -> dst[i] (copy-on-write of shared partial blocks).
   virtual void copy_blocks(const int32_t* src, const int32_t* dst, int32_t n) = 0;
   // Swap space in host memory for preemption by swapping: num_slots blocks' worth of K/V.

@@ -7,6 +7,15 @@
 
 namespace troupe {
 
+namespace {
+// What a device argmax reproduces exactly: greedy, no penalties (they need the token history), no top
+// logprobs (they need the row).
+bool device_greedy_ok(const sampling_params& p) {
+  return p.is_greedy() && p.repetition_penalty == 1.0f && p.frequency_penalty == 0.0f &&
+         p.presence_penalty == 0.0f && p.logprobs == 0;
+}
+}  // namespace
+
 sampled_token step_executor::sample_one(const float* row, mirror& m, int64_t seq_id) {
   const int32_t vocab = runner_.config().vocab_size;
   sample_result r =
@@ -111,26 +120,59 @@ step_result step_executor::execute(const step_plan& plan) {
   b.max_blocks_per_seq = max_blocks;
   b.num_logits = static_cast<int32_t>(rows_.size());
   const int32_t vocab = runner_.config().vocab_size;
-  logits_.resize(static_cast<size_t>(rows_.size()) * vocab);
-  runner_.forward(b, logits_.data());
+  // Greedy rows without penalties or top logprobs can be reduced on the device (argmax + its logprob):
+  // then only the other rows' logits travel back.
+  const bool on_device = runner_.samples_greedy_on_device();
+  size_t host_rows = rows_.size();
+  if (on_device) {
+    greedy_.assign(rows_.size(), 0);
+    size_t r = 0;
+    host_rows = 0;
+    for (size_t i = 0; i < plan.seqs.size(); ++i) {
+      if (!plan.seqs[i].sample) continue;
+      greedy_[r] = device_greedy_ok(*active_[i]->params) ? 1 : 0;
+      host_rows += !greedy_[r];
+      ++r;
+    }
+    dev_ids_.resize(rows_.size());
+    dev_logprobs_.resize(rows_.size());
+  }
+  logits_.resize(host_rows * static_cast<size_t>(vocab));
+  if (on_device) {
+    runner_.forward_greedy(b, greedy_.data(), logits_.data(), dev_ids_.data(), dev_logprobs_.data());
+  } else {
+    runner_.forward(b, logits_.data());
+  }
 
-  size_t row = 0;
+  size_t row = 0, host_row = 0;
   for (size_t i = 0; i < plan.seqs.size(); ++i) {
     const seq_step& st = plan.seqs[i];
     if (!st.sample) continue;
-    const float* lg = logits_.data() + row++ * static_cast<size_t>(vocab);
+    const size_t r = row++;
+    const bool dev = on_device && greedy_[r];
+    const float* lg = dev ? nullptr : logits_.data() + host_row++ * static_cast<size_t>(vocab);
     mirror& m = *active_[i];
     TROUPE_CHECK_EQ(static_cast<int32_t>(m.outputs.size()), st.output_index) << "sequence" << st.seq_id;
+    auto draw = [&](mirror& mm, int64_t id) {
+      if (!dev) return sample_one(lg, mm, id);
+      TROUPE_CHECK_GE(dev_ids_[r], 0) << "sequence" << id << ": a logit is NaN or +inf";
+      sampled_token t;
+      t.seq_id = id;
+      t.token = dev_ids_[r];
+      t.logprob = mm.params->need_logprob ? dev_logprobs_[r] : 0.0f;
+      mm.outputs.push_back(t.token);
+      return t;
+    };
     // Children of an n > 1 fork start from the parent's state before its own token is appended.
     for (size_t c = 0; c < st.fork_children.size(); ++c) {
       mirror child = m;
       child.seed = st.fork_seeds[c];
       auto [it, inserted] = mirrors_.insert_or_assign(st.fork_children[c], std::move(child));
       (void)inserted;
-      res.samples.push_back(sample_one(lg, it->second, st.fork_children[c]));
+      res.samples.push_back(draw(it->second, st.fork_children[c]));
     }
     mirror& m2 = mirrors_.at(st.seq_id);  // insert_or_assign may rehash: look the parent up again
-    res.samples.push_back(sample_one(lg, m2, st.seq_id));
+    res.samples.push_back(draw(m2, st.seq_id));
   }
   res.forward_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   return res;

@@ -37,6 +37,9 @@ class step_executor {
   // step buffers, reused
   std::vector<int32_t> ids_, pos_, slots_, qs_, ctx_, rows_, prompt_lens_, tables_, src_, dst_;
   std::vector<float> logits_, scratch_;
+  std::vector<uint8_t> greedy_;      // [rows]: reduced on the device (runners that can)
+  std::vector<int32_t> dev_ids_;     // [rows]: the device's argmax
+  std::vector<float> dev_logprobs_;  // [rows]: and its logprob
   std::vector<mirror*> active_;
 };
 

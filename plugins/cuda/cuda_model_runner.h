@@ -42,6 +42,9 @@ class cuda_model_runner final : public model_runner {
   int32_t block_size() const override { return block_size_; }
   int32_t num_kv_blocks() const override { return num_blocks_; }
   void forward(const forward_batch& batch, float* logits) override;
+  bool samples_greedy_on_device() const override { return true; }
+  void forward_greedy(const forward_batch& batch, const uint8_t* greedy, float* logits, int32_t* ids,
+                      float* logprobs) override;
   void copy_blocks(const int32_t* src, const int32_t* dst, int32_t n) override;
   void reserve_host_blocks(int32_t num_slots) override;
   void swap_out(const int32_t* src, const int32_t* dst, int32_t n) override;
@@ -104,6 +107,14 @@ class cuda_model_runner final : public model_runner {
   size_t sel_cap_ = 0;
   float* logits_ = nullptr;  // [num_logits, vocab]
   size_t logits_cap_ = 0;
+  int32_t* greedy_ids_ = nullptr;  // [num_logits] argmax per row (device)
+  float* greedy_lp_ = nullptr;     // [num_logits] its logprob (device)
+  size_t greedy_cap_ = 0, greedy_lp_cap_ = 0;
+  int32_t* greedy_ids_host_ = nullptr;  // pinned copies of the two above
+  float* greedy_lp_host_ = nullptr;
+  size_t greedy_host_cap_ = 0;
+  // The model up to the logits of the wanted rows, in logits_ on the device (stream not synchronized).
+  void run_to_logits(const forward_batch& batch);
   float* workspace_ = nullptr;  // split-K attention partials
   size_t workspace_cap_ = 0;
 };
