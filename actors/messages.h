@@ -33,6 +33,7 @@ struct submit_msg {
 struct outputs_msg {
   std::vector<seq_output> outs;
   std::vector<uint64_t> first_scheduled;  // requests scheduled for the first time this step
+  std::vector<int32_t> first_cached;      // and their prompt tokens found in the prefix cache
   clock::time_point scheduled_at;         // when this step was planned
   clock::time_point now;
 };

@@ -59,6 +59,7 @@ caf::behavior scheduler_actor(caf::event_based_actor* self, scheduler_config cfg
     const auto planned_at = clock::now();
     step_plan plan = s->sched->plan();
     std::vector<uint64_t> first = s->sched->take_first_scheduled();
+    std::vector<int32_t> first_cached = s->sched->take_first_cached();
     publish(*s->sched, *st);
     if (!s->sched->step_in_flight()) return;
     s->busy = true;
@@ -71,6 +72,7 @@ caf::behavior scheduler_actor(caf::event_based_actor* self, scheduler_config cfg
               outputs_msg msg;
               msg.outs = s->sched->update(res);
               msg.first_scheduled = first;
+              msg.first_cached = first_cached;
               msg.scheduled_at = planned_at;
               msg.now = clock::now();
               global_engine_metrics().step_duration.observe(
@@ -157,7 +159,10 @@ caf::behavior output_actor(caf::event_based_actor* self, const tokenizer* tok,
         proc->add(m.rid, m.id, m.params, m.prompt, std::move(wrapped), m.arrival);
       },
       [=](outputs_msg& m) {
-        for (uint64_t rid : m.first_scheduled) proc->mark_scheduled(rid, m.scheduled_at);
+        for (size_t i = 0; i < m.first_scheduled.size(); ++i) {
+          proc->mark_scheduled(m.first_scheduled[i], m.scheduled_at,
+                               i < m.first_cached.size() ? m.first_cached[i] : 0);
+        }
         auto stops = proc->process(m.outs, m.now);
         if (!stops.empty())
           self->send(caf::actor_cast<caf::actor>(self->current_sender()), finish_seqs_msg{stops});

@@ -48,7 +48,7 @@ json response_builder::usage_json(const request_usage& u) {
 
 // The logprobs of this delta's tokens, in the API's layout. text_offset: where the delta starts in the
 // choice's text (completions report per-token offsets).
-json response_builder::logprobs_for(const sequence_delta& d, size_t text_offset) const {
+json response_builder::logprobs_for(const sequence_delta& d, size_t& text_offset) const {
   auto spell = [&](int32_t id) { return tok_ ? tok_->decode({id}, false) : std::string(); };
   auto bytes = [](const std::string& s) {
     json b = json::array();
@@ -88,9 +88,13 @@ json response_builder::logprobs_for(const sequence_delta& d, size_t text_offset)
         if (!top.contains(s)) top[s] = tl.logprob;  // two ids may spell alike; the better one stays
       }
     }
+    // As OpenAI's legacy completions (and vLLM): the sampled token is always among its top_logprobs, so an
+    // entry has up to logprobs + 1 elements.
+    if (!top.contains(t) && i < d.token_logprobs.size()) top[t] = d.token_logprobs[i];
     tops.push_back(std::move(top));
+    // Offsets count characters (code points) of the tokens' spellings so far, as OpenAI and vLLM do.
     offsets.push_back(text_offset);
-    text_offset += t.size();
+    for (unsigned char c : t) text_offset += (c & 0xC0) != 0x80;
   }
   out["tokens"] = std::move(tokens);
   out["token_logprobs"] = std::move(lps);
@@ -125,7 +129,6 @@ void response_builder::stream_event(const request_event& ev, std::string& out) {
     const bool first = !ch.role_sent;
     const bool has_news = !d.text.empty() || d.finish_reason || (want_logprobs_ && !d.token_ids.empty()) ||
                           (kind_ == api_kind::chat && first);
-    const size_t offset = ch.text.size();
     ch.text += d.text;
     if (d.finish_reason) ch.finish_reason = *d.finish_reason;
     if (!has_news) continue;
@@ -141,7 +144,7 @@ void response_builder::stream_event(const request_event& ev, std::string& out) {
     } else {
       choice["text"] = d.text;
     }
-    choice["logprobs"] = want_logprobs_ ? logprobs_for(d, offset) : json(nullptr);
+    choice["logprobs"] = want_logprobs_ ? logprobs_for(d, ch.lp_chars) : json(nullptr);
     choice["finish_reason"] = d.finish_reason ? json(*d.finish_reason) : json(nullptr);
     c["choices"] = json::array({std::move(choice)});
     if (include_usage_) c["usage"] = nullptr;
@@ -166,7 +169,7 @@ void response_builder::stream_end(const request_usage& usage, std::string& out) 
 void response_builder::accumulate(const request_event& ev) {
   for (const sequence_delta& d : ev.deltas) {
     choice& ch = at(d.index);
-    if (want_logprobs_) append_logprobs(ch.logprobs, logprobs_for(d, ch.text.size()));
+    if (want_logprobs_) append_logprobs(ch.logprobs, logprobs_for(d, ch.lp_chars));
     ch.text += d.text;
     if (d.finish_reason) ch.finish_reason = *d.finish_reason;
   }
@@ -189,7 +192,8 @@ json response_builder::body(const request_usage& usage) const {
       c["text"] = ch.text;
     }
     json lp = ch.logprobs;
-    if (want_logprobs_ && lp.is_null()) lp = logprobs_for(sequence_delta{}, 0);
+    size_t none = 0;
+    if (want_logprobs_ && lp.is_null()) lp = logprobs_for(sequence_delta{}, none);
     c["logprobs"] = want_logprobs_ ? lp : json(nullptr);
     c["finish_reason"] = ch.finish_reason.empty() ? json(nullptr) : json(ch.finish_reason);
     choices.push_back(std::move(c));

@@ -39,10 +39,12 @@ class response_builder {
     std::string text;
     std::string finish_reason;
     bool role_sent = false;
-    json logprobs;  // the accumulated logprobs object (non-streaming)
+    json logprobs;        // the accumulated logprobs object (non-streaming)
+    size_t lp_chars = 0;  // completions text_offset: characters of the token spellings so far
   };
 
-  json logprobs_for(const sequence_delta& d, size_t text_offset) const;
+  // text_offset: in, where this delta's tokens start (characters); out, past them.
+  json logprobs_for(const sequence_delta& d, size_t& text_offset) const;
   void append_logprobs(json& into, const json& part) const;
   json chunk_base() const;
   choice& at(int32_t index);

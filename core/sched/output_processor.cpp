@@ -56,11 +56,12 @@ void output_processor::add(uint64_t rid, std::string id, std::shared_ptr<const s
   reqs_[rid] = std::move(r);
 }
 
-void output_processor::mark_scheduled(uint64_t rid, engine_clock::time_point when) {
+void output_processor::mark_scheduled(uint64_t rid, engine_clock::time_point when, int32_t cached_tokens) {
   auto it = reqs_.find(rid);
   if (it == reqs_.end() || it->second->has_scheduled) return;
   it->second->has_scheduled = true;
   it->second->scheduled = when;
+  it->second->usage.cached_prompt_tokens = cached_tokens;
   global_engine_metrics().queue_time.observe(
       std::chrono::duration<double>(when - it->second->arrival).count());
 }

@@ -29,7 +29,8 @@ class output_processor {
   void add(uint64_t rid, std::string id, std::shared_ptr<const sampling_params> params,
            const std::vector<int32_t>& prompt, request_sink sink, engine_clock::time_point arrival);
   // The scheduler first scheduled the request (for queue time).
-  void mark_scheduled(uint64_t rid, engine_clock::time_point when);
+  // cached_tokens: its prompt tokens served from the prefix cache (reported in usage).
+  void mark_scheduled(uint64_t rid, engine_clock::time_point when, int32_t cached_tokens = 0);
 
   // Applies one step's outputs, calls sinks (one event per request with news), and returns the sequences
   // the scheduler must end because a stop string matched.

@@ -153,6 +153,7 @@ void scheduler::schedule(sequence& s, int32_t n, step_plan& plan) {
   if (!s.req->started) {
     s.req->started = true;
     first_scheduled_.push_back(s.req->in.rid);
+    first_cached_.push_back(st.start);  // a first scheduling starts right after its prefix-cache hit
   }
   // n > 1: the step that finishes the prompt forks the children, which share every block.
   request* r = s.req;

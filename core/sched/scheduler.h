@@ -85,6 +85,9 @@ class scheduler {
 
   // Requests whose first sequence was scheduled for the first time by the last plan (for queue time).
   std::vector<uint64_t> take_first_scheduled() { return std::move(first_scheduled_); }
+  // For the same requests, in the same order: prompt tokens served from the prefix cache at that first
+  // scheduling (usage.prompt_tokens_details.cached_tokens).
+  std::vector<int32_t> take_first_cached() { return std::move(first_cached_); }
 
   scheduler_stats stats() const;
   const kv_manager& kv() const { return kv_; }
@@ -141,6 +144,7 @@ class scheduler {
   std::vector<int64_t> last_seqs_;  // sequences of the in-flight step, to commit their hashes
   uint64_t preemptions_ = 0;
   std::vector<uint64_t> first_scheduled_;
+  std::vector<int32_t> first_cached_;
   std::vector<sequence*> order_;  // plan(): the running sequences in order
 };
 

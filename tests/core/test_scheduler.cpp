@@ -854,6 +854,7 @@ TEST(Scheduler, PrefixCacheServesASecondRequest) {
   EXPECT_EQ(h.last.seqs[0].table_diff, diff({{0, 0}, {1, 1}, {2, 2}}));
   EXPECT_EQ(h.sched.stats().prefix_queries, 20u);
   EXPECT_EQ(h.sched.stats().prefix_hits, 8u);
+  EXPECT_EQ(h.sched.take_first_cached(), (std::vector<int32_t>{0, 8}));  // usage.cached_tokens of 1 and 2
   h.run_until_idle();
   EXPECT_EQ(h.outputs[seq_key(1, 0)], h.outputs[seq_key(2, 0)]);  // same seed, same prompt
   EXPECT_TRUE(h.sched.idle_and_clean());

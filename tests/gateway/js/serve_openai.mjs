@@ -119,22 +119,20 @@ try {
   eq(L.tokens.join(''), lp.choices[0].text, 'logprobs tokens concatenate to the text (ASCII output here)');
   // text_offset counts characters, as in OpenAI's API and vLLM (the running length of the tokens'
   // spellings). This prompt's greedy output has stray bytes and a 2-byte character.
-  // BUG (reported, not fixed here): gateway/openai_response.cpp adds each token's UTF-8 byte length,
-  // restarting from the emitted text at each delta: [0,3,5,5,10,10,10,10,18,...] for [0,3,5,6,8,9,...].
+  // (Was a bug: offsets counted UTF-8 bytes and restarted from the emitted text at each delta.)
   const nonAscii = (await client.completions.create({ prompt: 'Once upon a time', max_tokens: 12, temperature: 0, ignore_eos: true, logprobs: 1 }))
     .choices[0].logprobs;
   const wantOffsets = nonAscii.tokens.map((_, i) => [...nonAscii.tokens.slice(0, i).join('')].length);
   check(nonAscii.tokens.some((t) => /[^\x00-\x7f]/.test(t)), 'the output has non-ASCII tokens', nonAscii.tokens);
-  eq(nonAscii.text_offset, wantOffsets, 'BUG: text_offset in characters for non-ASCII tokens');
+  eq(nonAscii.text_offset, wantOffsets, 'text_offset in characters for non-ASCII tokens');
 
   // Sampled (not greedy) logprobs: OpenAI's legacy completions "always return the logprob of the sampled
   // token, so there may be up to logprobs+1 elements" in each top_logprobs entry (vLLM does the same).
-  // BUG (reported, not fixed here): troupe returns only the top N, so a sampled token outside them is
-  // missing (and logprobs: 0 gives empty objects).
+  // (Was a bug: only the top N were returned, and logprobs: 0 gave empty objects.)
   const hotLp = await client.completions.create({ prompt: 'x', max_tokens: 6, temperature: 100, seed: 3, logprobs: 1, ignore_eos: true });
   const H = hotLp.choices[0].logprobs;
   check(H.top_logprobs.every((t, i) => Object.keys(t).length <= 2 && Math.abs(t[H.tokens[i]] - H.token_logprobs[i]) < 1e-4),
-        'BUG: completions top_logprobs include the sampled token', { tokens: H.tokens, top: H.top_logprobs });
+        'completions top_logprobs include the sampled token', { tokens: H.tokens, top: H.top_logprobs });
 
   // Stop strings: cut the greedy text at the first occurrence; finish_reason stop; streamed the same
   const stop = pickStop(greedy, Math.floor(greedy.length / 2), 3);
@@ -190,11 +188,10 @@ try {
   const hits = ((await metrics(srv.url)).troupe_prefix_cache_hits_total ?? 0) - hitsBefore;
   eq(pc2.choices[0].text, pc1.choices[0].text, 'a prefix-cache hit does not change the greedy text');
   check(hits > 0, 'the repeated prompt hit the prefix cache (troupe_prefix_cache_hits_total)', hits);
-  // BUG (reported, not fixed here): the engine never fills request_usage::cached_prompt_tokens
-  // (core/engine_api.h; nothing in core/ or actors/ sets it), so the field never appears.
+  // (Was a bug: the engine never filled request_usage::cached_prompt_tokens.)
   const cached = pc2.usage.prompt_tokens_details?.cached_tokens;
   check(cached > 0 && cached % 16 === 0 && cached < pc2.usage.prompt_tokens,
-        'BUG: usage.prompt_tokens_details.cached_tokens reports the prefix-cache hit', pc2.usage);
+        'usage.prompt_tokens_details.cached_tokens reports the prefix-cache hit', pc2.usage);
 
   // ignore_eos: at a very high temperature (nearly uniform over 1024 ids) EOS comes up about once per
   // 1024 tokens, so some of 8 x 600 tokens stop early; with ignore_eos all run to max_tokens.
