@@ -104,6 +104,7 @@ model_load_options load_options(const serve_config& cfg) {
   lo.device = cfg.device;
   lo.attention = cfg.attention == "auto" ? "flash" : cfg.attention;
   lo.gpu_memory_utilization = cfg.gpu_memory_utilization;
+  lo.show_progress = true;
   lo.threads = static_cast<int32_t>(cfg.cpu_threads);
   lo.num_kv_blocks = static_cast<int32_t>(cfg.num_kv_blocks);
   if (lo.num_kv_blocks == 0 && cfg.device != "cuda") {

@@ -1,6 +1,10 @@
 #include "cli/model_loading.h"
 
+#include <unistd.h>
+
+#include <cstdio>
 #include <filesystem>
+#include <memory>
 
 #include "cli/args.h"
 #include "core/error.h"
@@ -70,6 +74,19 @@ loaded_model load_model(const std::string& dir, const model_load_options& opt) {
     copt.num_kv_blocks = opt.num_kv_blocks;
     copt.attention = opt.attention;
     copt.gpu_memory_utilization = opt.gpu_memory_utilization;
+    if (opt.show_progress) {
+      // One line redrawn on a terminal; on a log, a line at each quarter.
+      const bool tty = isatty(STDERR_FILENO) != 0;
+      auto last_quarter = std::make_shared<int>(-1);
+      copt.on_progress = [tty, last_quarter](int32_t done, int32_t total, int64_t bytes) {
+        const int pct = total > 0 ? static_cast<int>(100.0 * done / total) : 100;
+        if (!tty && pct / 25 == *last_quarter) return;
+        *last_quarter = pct / 25;
+        std::fprintf(stderr, "%sloading weights: %d/%d layers, %.2f GB on the GPU (%d%%)%s", tty ? "\r" : "",
+                     done, total, static_cast<double>(bytes) / 1e9, pct, tty && done < total ? "" : "\n");
+        std::fflush(stderr);
+      };
+    }
     m.runner = cuda_model_runner::load(dir, copt);
 #endif
   } else {

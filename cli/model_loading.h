@@ -18,6 +18,7 @@ struct model_load_options {
   int32_t num_kv_blocks = 0;        // 0: the backend's default (cpu: max_kv_tokens; cuda: from memory)
   int32_t threads = 0;              // cpu only; 0: all cores
   double gpu_memory_utilization = 0.9;  // cuda only: share of device memory for weights + KV cache
+  bool show_progress = false;           // a progress line on stderr while the weights load
 };
 
 struct loaded_model {

@@ -106,9 +106,11 @@ std::unique_ptr<cuda_model_runner> cuda_model_runner::load(const std::string& mo
     validate_checkpoint(*ckpt, c);
   }
   uint64_t seed = opt.seed;
+  int64_t uploaded = 0;  // bytes, for opt.on_progress
   // One weight: the named tensors stacked along rows, or numel random values (mean, std) drawn on the GPU.
   auto weight = [&](const std::vector<std::string>& names, int64_t numel, float mean, float stddev) {
     kc::bf16* d = r->device_alloc<kc::bf16>(static_cast<size_t>(numel));
+    uploaded += numel * static_cast<int64_t>(sizeof(kc::bf16));
     if (ckpt) {
       const auto host = to_bf16(stack_tensors_f32(*ckpt, names));
       TROUPE_CHECK_EQ(static_cast<int64_t>(host.size()), numel) << names[0];
@@ -124,7 +126,9 @@ std::unique_ptr<cuda_model_runner> cuda_model_runner::load(const std::string& mo
   r->lm_head_ = c.tie_word_embeddings ? r->embed_ : weight({"lm_head.weight"}, V * H, 0.0f, 0.02f);
   r->final_norm_ = weight({"model.norm.weight"}, H, 1.0f, 0.0f);
   r->layers_.resize(c.num_layers);
+  if (opt.on_progress) opt.on_progress(0, c.num_layers, uploaded);
   for (int i = 0; i < c.num_layers; ++i) {
+    if (i > 0 && opt.on_progress) opt.on_progress(i, c.num_layers, uploaded);
     layer& L = r->layers_[i];
     auto n = [&](const std::string& s) { return layer_tensor(i, s); };
     L.ln1 = weight({n("input_layernorm.weight")}, H, 1.0f, 0.0f);
@@ -151,6 +155,7 @@ std::unique_ptr<cuda_model_runner> cuda_model_runner::load(const std::string& mo
     }
   }
   TROUPE_CUDA_CHECK(cudaStreamSynchronize(r->stream_));  // the random fills ran on the stream
+  if (opt.on_progress) opt.on_progress(c.num_layers, c.num_layers, uploaded);
   {
     const auto f = rope_inv_freq(c, 0);
     r->base_inv_freq_ = r->device_alloc<float>(f.size());

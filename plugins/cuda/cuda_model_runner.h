@@ -7,6 +7,7 @@
 
 #include <cuda_runtime_api.h>
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -28,6 +29,9 @@ struct cuda_runner_options {
   // safetensors; only config.json is needed.
   bool random_weights = false;
   uint64_t seed = 1;
+  // Called after the embeddings and after each layer's weights reached the device: (layers done, layers,
+  // bytes uploaded so far). For a progress line while a large checkpoint loads.
+  std::function<void(int32_t, int32_t, int64_t)> on_progress;
 };
 
 class cuda_model_runner final : public model_runner {
