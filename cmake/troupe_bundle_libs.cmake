@@ -17,6 +17,7 @@
 #   these exact sonames (ABI-stable within a soname), and the system copies get security updates. Matched by
 #   full soname on purpose: a build against another soname (OpenSSL 1.1, say) bundles it.
 # Everything else (today libcaf_core.so.0.17.6 and libyaml-cpp.so.0.7; libcaf_io when linked) is copied.
+# (The GPU machine, Ubuntu 24.04, has no CAF and only libyaml-cpp.so.0.8; it has the three sonames above.)
 #
 # Bundled libraries carry no RUNPATH of their own (no patchelf here), and an executable's RUNPATH only
 # applies to its direct dependencies: a bundled library needed only by another bundled library would not
