@@ -22,7 +22,8 @@ CUDA_ONLY = "this troupe was built without the CUDA backend"
 
 
 def check_config(path):
-    return subprocess.run([TROUPE, "check-config", path], capture_output=True, text=True, timeout=60)
+    # From the repository root, as `troupe serve` would run: relative model paths resolve there.
+    return subprocess.run([TROUPE, "check-config", path], capture_output=True, text=True, timeout=60, cwd=ROOT)
 
 
 class CheckConfig(unittest.TestCase):
