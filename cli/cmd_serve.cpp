@@ -34,7 +34,8 @@ for underscores; flags win. Settings:
   max_kv_tokens, max_num_batched_tokens, max_num_seqs, max_waiting_requests, max_model_len,
   enable_prefix_caching, preemption (recompute|swap), swap_space_blocks, allow_request_chat_template
   device (auto|cpu|cuda; auto: the GPU when there is one), attention (auto|flash|paged), quantization (none),
-  kv_cache_dtype (auto), gpu_memory_utilization, tensor/pipeline/data_parallel_size (1)
+  kv_cache_dtype (auto), gpu_memory_utilization, enforce_eager (no CUDA graphs),
+  tensor/pipeline/data_parallel_size (1)
 
 SIGHUP or POST /admin/reload (API keys required) re-read the config file with the same flags on top: a
 change of device, attention or gpu_memory_utilization rebuilds the model worker (in-flight requests resume
@@ -105,6 +106,7 @@ model_load_options load_options(const serve_config& cfg) {
   lo.attention = cfg.attention == "auto" ? "flash" : cfg.attention;
   lo.gpu_memory_utilization = cfg.gpu_memory_utilization;
   lo.show_progress = true;
+  lo.cuda_graphs = !cfg.enforce_eager;
   lo.threads = static_cast<int32_t>(cfg.cpu_threads);
   lo.num_kv_blocks = static_cast<int32_t>(cfg.num_kv_blocks);
   if (lo.num_kv_blocks == 0 && cfg.device != "cuda") {
@@ -116,7 +118,7 @@ model_load_options load_options(const serve_config& cfg) {
 // Settings a reload applies: the plugins (the workers are rebuilt) and authentication (swapped in the
 // gateway). Anything else needs a restart, and a reload that changes it is refused.
 bool plugin_setting(const std::string& k) {
-  return k == "device" || k == "attention" || k == "gpu_memory_utilization";
+  return k == "device" || k == "attention" || k == "gpu_memory_utilization" || k == "enforce_eager";
 }
 bool auth_setting(const std::string& k) {
   return k == "api_keys" || k == "api_key_file" || k == "public_routes";

@@ -74,6 +74,7 @@ loaded_model load_model(const std::string& dir, const model_load_options& opt) {
     copt.num_kv_blocks = opt.num_kv_blocks;
     copt.attention = opt.attention;
     copt.gpu_memory_utilization = opt.gpu_memory_utilization;
+    copt.cuda_graphs = opt.cuda_graphs;
     if (opt.show_progress) {
       // One line redrawn on a terminal; on a log, a line at each quarter.
       const bool tty = isatty(STDERR_FILENO) != 0;

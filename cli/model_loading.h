@@ -19,6 +19,7 @@ struct model_load_options {
   int32_t threads = 0;              // cpu only; 0: all cores
   double gpu_memory_utilization = 0.9;  // cuda only: share of device memory for weights + KV cache
   bool show_progress = false;           // a progress line on stderr while the weights load
+  bool cuda_graphs = true;              // cuda only: replay decode steps from captured graphs
 };
 
 struct loaded_model {

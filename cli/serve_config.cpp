@@ -112,7 +112,8 @@ const std::vector<std::string>& serve_config::keys() {
                                              "gpu_memory_utilization",
                                              "tensor_parallel_size",
                                              "pipeline_parallel_size",
-                                             "data_parallel_size"};
+                                             "data_parallel_size",
+                                             "enforce_eager"};
   return k;
 }
 
@@ -179,6 +180,8 @@ void set_serve_config_value(serve_config& c, const std::string& key, const std::
     c.pipeline_parallel_size = parse_int(key, v);
   else if (key == "data_parallel_size")
     c.data_parallel_size = parse_int(key, v);
+  else if (key == "enforce_eager")
+    c.enforce_eager = parse_bool(key, v);
   else
     throw error("unknown setting '" + key + "' (did you mean '" + closest(key) + "'?)");
 }
@@ -254,6 +257,7 @@ std::vector<std::pair<std::string, std::string>> serve_config_values(const serve
           {"tensor_parallel_size", std::to_string(c.tensor_parallel_size)},
           {"pipeline_parallel_size", std::to_string(c.pipeline_parallel_size)},
           {"data_parallel_size", std::to_string(c.data_parallel_size)},
+          {"enforce_eager", b(c.enforce_eager)},
           {"host", c.host},
           {"port", std::to_string(c.port)},
           {"threads", std::to_string(c.threads)},

@@ -39,6 +39,7 @@ struct serve_config {
   std::string quantization = "none";    // weight quantization plugin: none (fp32 on cpu, bf16 on cuda)
   std::string kv_cache_dtype = "auto";  // auto: the model's compute dtype
   double gpu_memory_utilization = 0.9;  // cuda: share of device memory for weights + KV cache
+  bool enforce_eager = false;           // cuda: launch every step (no CUDA graphs for decode)
   int64_t tensor_parallel_size = 1;     // parallel layout: one device per process in this build
   int64_t pipeline_parallel_size = 1;
   int64_t data_parallel_size = 1;

@@ -28,7 +28,7 @@ int run_engine_bench(const std::string& mode, int default_batch, int default_inp
   arg_parser ap(
       "bench " + mode,
       {"model", "batch", "input-len", "output-len", "attention", "max-batched-tokens", "block-size"},
-      {"random-weights", "json", "host-logits"});
+      {"random-weights", "json", "host-logits", "enforce-eager"});
   ap.parse(args);
   const std::string model = ap.get_or("model", "configs/models/llama-3.1-8b/config.json");
   const int B = static_cast<int>(ap.get_int("batch").value_or(default_batch));
@@ -38,6 +38,7 @@ int run_engine_bench(const std::string& mode, int default_batch, int default_inp
   cuda_runner_options opt;
   opt.attention = ap.get_or("attention", "flash");
   opt.random_weights = ap.has("random-weights");
+  opt.cuda_graphs = !ap.has("enforce-eager");
   opt.block_size = static_cast<int32_t>(ap.get_int("block-size").value_or(16));
   const int bs = opt.block_size;
   const int blocks_per_seq = (P + G + bs - 1) / bs;
@@ -113,12 +114,12 @@ int run_engine_bench(const std::string& mode, int default_batch, int default_inp
   if (ap.has("json")) {
     std::printf(
         "{\"mode\": \"%s\", \"model\": \"%s\", \"random_weights\": %s, \"attention\": \"%s\", "
-        "\"sampling\": \"%s\", \"batch\": %d, "
+        "\"sampling\": \"%s\", \"cuda_graphs\": %s, \"batch\": %d, "
         "\"input_len\": %d, \"output_len\": %d, \"load_s\": %.2f, \"prefill_ms\": %.3f, "
         "\"decode_ms_per_step_median\": %.4f, \"decode_tokens_per_s\": %.1f}\n",
         mode.c_str(), model.c_str(), opt.random_weights ? "true" : "false", opt.attention.c_str(),
-        host_logits ? "host_logits" : "device_greedy", B, P, G,
-        load_s, prefill_ms, med, tok_s);
+        host_logits ? "host_logits" : "device_greedy", opt.cuda_graphs ? "true" : "false", B, P, G, load_s,
+        prefill_ms, med, tok_s);
   } else {
     std::printf("%s: %s (%s attention), batch %d, %d in / %d out\n", mode.c_str(), model.c_str(),
                 opt.attention.c_str(), B, P, G);

@@ -8,6 +8,7 @@
 #include <cuda_runtime_api.h>
 
 #include <functional>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -32,6 +33,10 @@ struct cuda_runner_options {
   // Called after the embeddings and after each layer's weights reached the device: (layers done, layers,
   // bytes uploaded so far). For a progress line while a large checkpoint loads.
   std::function<void(int32_t, int32_t, int64_t)> on_progress;
+  // Decode steps (one token per sequence, every sequence sampled) replay a CUDA graph captured per batch
+  // bucket and context bucket instead of ~12 launches per layer. Off: every step launches (vLLM's
+  // enforce_eager).
+  bool cuda_graphs = true;
 };
 
 class cuda_model_runner final : public model_runner {
@@ -119,7 +124,28 @@ class cuda_model_runner final : public model_runner {
   size_t greedy_host_cap_ = 0;
   // The model up to the logits of the wanted rows, in logits_ on the device (stream not synchronized).
   void run_to_logits(const forward_batch& batch);
-  float* workspace_ = nullptr;  // split-K attention partials
+  // A step's sizes and its inputs on the device.
+  struct step_shape {
+    int64_t T = 0, S = 0, n_logits = 0;
+    int32_t max_q = 0, max_ctx = 0, max_blocks = 0;
+    const int32_t *d_tokens = nullptr, *d_pos = nullptr, *d_slots = nullptr, *d_qs = nullptr,
+                  *d_ctx = nullptr, *d_tables = nullptr, *d_rows = nullptr;
+    const float* inv_freq = nullptr;
+    int64_t inv_stride = 0;
+  };
+  void ensure_step_buffers(int64_t T, int64_t n_logits, int32_t max_ctx);
+  void ensure_ints(size_t n_ints);
+  void launch_model(const step_shape& sh);
+  // A decode step through a captured graph (capturing it first when needed); false when the step does
+  // not qualify, and then nothing was launched.
+  bool run_graph(const forward_batch& batch, int32_t max_ctx);
+  struct graph_entry {
+    cudaGraphExec_t exec = nullptr;
+    uint64_t gen = 0;  // buffers_gen_ at capture
+  };
+  std::map<std::pair<int32_t, int32_t>, graph_entry> graphs_;  // (batch bucket, context bucket)
+  uint64_t buffers_gen_ = 0;                                   // bumped whenever a step buffer is reallocated
+  float* workspace_ = nullptr;                                 // split-K attention partials
   size_t workspace_cap_ = 0;
 };
 
