@@ -8,6 +8,7 @@ Writes, under --out (normally the repository root):
   models/default/                the embedded default model (random weights, HF default init)
 
 Everything is deterministic: fixed seeds, the corpus read in sorted order, CPU float32 for the figures.
+--bf16-figures only adds HF-bf16 figures ("hf_bf16") to the golden.json of the checkpoints already there.
 Needs torch, transformers (5.x), tokenizers, safetensors. See docs/golden-data.md.
 """
 
@@ -432,11 +433,12 @@ def make_prompts(tok):
     return prompts
 
 
-def teacher_forced(model, ids):
-    x = torch.tensor([ids], dtype=torch.long)
+def teacher_forced(model, ids, lp_dtype=torch.float64):
+    """lp_dtype: the dtype log_softmax is taken in (float64 for the fp32 figures, float32 for hf_bf16)."""
+    x = torch.tensor([ids], dtype=torch.long, device=model.device)
     with torch.no_grad():
         logits = model(input_ids=x, use_cache=False).logits[0].float()
-    lp = torch.log_softmax(logits.double(), dim=-1)
+    lp = torch.log_softmax(logits.to(lp_dtype), dim=-1)
     n = len(ids)
     logprobs = [lp[t - 1, ids[t]].item() for t in range(1, n)]
     top = []
@@ -446,7 +448,7 @@ def teacher_forced(model, ids):
     return logprobs, top, lp
 
 
-def greedy(model, ids, n_new=16):
+def greedy(model, ids, n_new=16, lp_dtype=torch.float64):
     gc = copy.deepcopy(model.generation_config)
     gc.do_sample = False
     gc.max_new_tokens = n_new
@@ -462,7 +464,7 @@ def greedy(model, ids, n_new=16):
     # generate() falls back to the model's own special tokens where the passed config has none.
     model.config.eos_token_id = None
     model.generation_config.eos_token_id = None
-    x = torch.tensor([ids], dtype=torch.long)
+    x = torch.tensor([ids], dtype=torch.long, device=model.device)
     with torch.no_grad():
         out = model.generate(input_ids=x, attention_mask=torch.ones_like(x), generation_config=gc)
     seq = out.sequences[0].tolist()
@@ -470,7 +472,7 @@ def greedy(model, ids, n_new=16):
     assert len(new) == n_new, (len(new), n_new)
     gaps, lps, argmax_ok = [], [], True
     for step, logits in enumerate(out.logits):
-        lp = torch.log_softmax(logits[0].double(), dim=-1)
+        lp = torch.log_softmax(logits[0].to(lp_dtype), dim=-1)
         v, i = torch.topk(lp, 2)
         gaps.append(float(v[0] - v[1]))
         lps.append(float(lp[new[step]]))
@@ -526,6 +528,123 @@ def golden_for(v, d, prompts, tok, checks):
     }
 
 
+# ----------------------------------------------------------------------------------------------
+# HF-bf16 figures (--bf16-figures): the same figures with transformers run in bfloat16
+# ----------------------------------------------------------------------------------------------
+#
+# The CUDA runner computes in bf16 activations, so its error against the fp32 figures above is mostly
+# bf16 rounding (~0.1 on these peaked logits). Like vLLM's model tests, which compare the engine with HF
+# run in the engine's dtype, each case also gets "hf_bf16": the figures of HF's own bf16 forward. The
+# checkpoint is only read: nothing but golden.json is written.
+
+BF16_KEYS = ["hf_bf16_dtype", "hf_bf16_device", "hf_bf16_device_name", "hf_bf16_torch",
+             "hf_bf16_transformers", "hf_bf16_logits", "hf_bf16_checks"]
+
+
+def load_bf16(cls, d, device, fp32_lm_head=False):
+    """The checkpoint in torch.bfloat16 on `device`, eager attention. fp32_lm_head: the lm_head matmul
+    takes the bf16 final hidden states and bf16 weights but returns float32 logits (as troupe's CUDA
+    runner does) instead of HF's bf16 logits, which are rounded to 2^-4 at magnitudes 8..16."""
+    M = model_class(cls)
+    try:
+        m = M.from_pretrained(d, dtype=torch.bfloat16, attn_implementation="eager")
+    except TypeError:
+        m = M.from_pretrained(d, torch_dtype=torch.bfloat16, attn_implementation="eager")
+    m = m.to(device).eval()  # .to(device) only: buffers (rotary inv_freq) keep the dtype HF gave them
+    if fp32_lm_head:
+        m.lm_head.register_forward_hook(
+            lambda mod, inp, out: torch.nn.functional.linear(inp[0].float(), mod.weight.float()))
+    return m
+
+
+def bf16_cases(name, cls, d, golden, device, fp32_lm_head, checks):
+    """Adds "hf_bf16" to every case of golden (in place), from the case's own prompt_ids."""
+    m = load_bf16(cls, d, device, fp32_lm_head)
+    not_bf16 = sorted(n for n, p in m.named_parameters() if p.dtype != torch.bfloat16)
+    if not_bf16:
+        checks.append(f"{name}: parameters not in bf16: {not_bf16}")
+    for c in golden["cases"]:
+        ids = c["prompt_ids"]
+        n_new = len(c["greedy"])
+        # A fresh model per call, as for the fp32 figures (dynamic NTK keeps state across forwards).
+        # Log-probabilities are log_softmax in float32 of the bf16 logits (exact in float32), as vLLM's
+        # HF runner takes them; greedy is generate(do_sample=False), no sampling anywhere.
+        m = load_bf16(cls, d, device, fp32_lm_head)
+        logprobs, _, _ = teacher_forced(m, ids, lp_dtype=torch.float32)
+        m = load_bf16(cls, d, device, fp32_lm_head)
+        new, gaps, glps, argmax_ok = greedy(m, ids, n_new=n_new, lp_dtype=torch.float32)
+        if not argmax_ok:
+            checks.append(f"{name}: bf16 generate's token differs from argmax of its raw logits")
+        c["hf_bf16"] = {"logprobs": logprobs, "greedy": new, "greedy_logprobs": glps, "greedy_gaps": gaps}
+        fp32_lp = c["logprobs"]
+        worst = max(abs(a - b) for a, b in zip(logprobs, fp32_lp))
+        same = next((k for k in range(n_new) if new[k] != c["greedy"][k]), n_new)
+        log(f"  {name}: prompt {len(ids)} tokens, max |bf16 - fp32 logprob| {worst:.4f}, greedy equal for "
+            f"{same}/{n_new} steps, min bf16 gap {min(gaps):.4g}")
+
+
+def add_bf16_figures(golden_root, names, device, fp32_lm_head):
+    """Rewrites <golden_root>/<name>/golden.json with hf_bf16 figures; everything else stays as it was."""
+    if device == "cuda":
+        # Deterministic cuBLAS, and fp32 accumulation without reduced-precision split-K reductions (troupe's
+        # GEMMs accumulate in fp32). CUBLAS_WORKSPACE_CONFIG must be set before the first cuBLAS handle.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction = False
+        device_name = torch.cuda.get_device_name(0)
+    else:
+        device_name = "cpu"
+    torch.use_deterministic_algorithms(True, warn_only=True)  # a warning, not a failed run, if an op has none
+    checks = []
+    for name in names:
+        d = os.path.join(golden_root, name)
+        path = os.path.join(d, "golden.json")
+        with open(path, encoding="utf-8") as f:
+            golden = json.load(f)
+        with open(os.path.join(d, "config.json")) as f:
+            arch = json.load(f)["architectures"][0]
+        assert arch.endswith("ForCausalLM"), arch
+        bf16_cases(name, arch[:-len("ForCausalLM")], d, golden, device, fp32_lm_head, checks)
+        info = {
+            "hf_bf16_dtype": "bfloat16",
+            "hf_bf16_device": device,
+            "hf_bf16_device_name": device_name,
+            "hf_bf16_torch": torch.__version__,
+            "hf_bf16_transformers": transformers.__version__,
+            "hf_bf16_logits": ("float32 (lm_head of bf16 hidden states and weights, fp32 output)"
+                               if fp32_lm_head else "bfloat16 (HF's own lm_head)"),
+            "hf_bf16_checks": [c for c in checks if c.startswith(name + ":")],
+        }
+        # The note goes before "cases" (re-runs replace it); the other keys keep their order and text.
+        out = {}
+        for k, v in golden.items():
+            if k in BF16_KEYS:
+                continue
+            if k == "cases":
+                out.update(info)
+            out[k] = v
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(out, f, indent=1, ensure_ascii=False)
+            f.write("\n")
+    return checks
+
+
+def bf16_main(args):
+    """--bf16-figures: hf_bf16 figures for the existing checkpoints under --out; writes only golden.json."""
+    golden_root = os.path.join(args.out, "tests", "data", "golden")
+    only = set(filter(None, args.only.split(",")))
+    names = sorted(n for n in os.listdir(golden_root)
+                   if os.path.isfile(os.path.join(golden_root, n, "golden.json")) and (not only or n in only))
+    if not names:
+        sys.exit(f"no <model>/golden.json under {golden_root}")
+    device = args.bf16_device or ("cuda" if torch.cuda.is_available() else "cpu")
+    log("transformers", transformers.__version__, "torch", torch.__version__, "bf16 figures on", device,
+        "for", names)
+    t0 = time.time()
+    checks = add_bf16_figures(golden_root, names, device, args.fp32_lm_head)
+    log("checks:", checks if checks else "all passed")
+    log(f"done in {time.time() - t0:.1f}s")
+
+
 def dir_size(d):
     total = 0
     for root, _, files in os.walk(d):
@@ -538,11 +657,22 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True, help="root to write tests/data/golden and models/default under")
     ap.add_argument("--only", default="", help="comma-separated model names (default: all)")
+    ap.add_argument("--bf16-figures", action="store_true",
+                    help="only add HF-bf16 figures (\"hf_bf16\") to the golden.json of the existing checkpoints "
+                         "under --out; no checkpoint, tokenizer or other file is written")
+    ap.add_argument("--bf16-device", choices=["cuda", "cpu"], default=None,
+                    help="where the bf16 figures are computed (default: cuda when available, else cpu)")
+    ap.add_argument("--fp32-lm-head", action="store_true",
+                    help="bf16 figures with float32 logits out of the lm_head matmul (troupe's choice) "
+                         "instead of HF's bf16 logits")
     args = ap.parse_args()
 
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     torch.set_grad_enabled(False)
+    if args.bf16_figures:
+        bf16_main(args)
+        return
     t0 = time.time()
     checks = []
 
