@@ -149,6 +149,52 @@ int run(const std::vector<std::string>& args) {
     cudaFree(w);
     cudaFree(y);
   }
+  {  // Skinny GEMMs of decode (Llama-3.1-8B shapes), bound by the weight read: the gemv kernel against
+     // cuBLASLt (gemv_max_m 0), as bandwidth over the weight bytes.
+    struct shape {
+      const char* name;
+      int64_t n, k;
+    };
+    const shape shapes[] = {{"qkv", 6144, 4096},
+                            {"o", 4096, 4096},
+                            {"gate_up", 28672, 4096},
+                            {"down", 4096, 14336},
+                            {"lm_head", 128256, 4096}};
+    kc::gemm_context gemm;
+    for (const shape& sh : shapes) {
+      // Calls cycle through copies of w worth 256 MB or more, so no call finds its weights in L2 (50 MB).
+      const int64_t copies = std::max<int64_t>(1, (int64_t{256} << 20) / (2 * sh.n * sh.k) + 1);
+      auto* w = device_alloc<kc::bf16>(copies * sh.n * sh.k);
+      int64_t call = 0;
+      auto* x = device_alloc<kc::bf16>(16 * sh.k);
+      auto* y = device_alloc<float>(16 * sh.n);
+      kc::fill_random_normal(w, copies * sh.n * sh.k, 3, 0.0f, 0.02f, nullptr);
+      kc::fill_random_normal(x, 16 * sh.k, 4, 0.0f, 1.0f, nullptr);
+      for (int m : {1, 2, 4, 8, 16}) {
+        for (int gemv_max : {kc::kGemvMaxM, 0}) {
+          if (gemv_max > 0 && m > gemv_max) continue;
+          gemm.set_gemv_max_m(gemv_max);
+          const bool f32 = std::string(sh.name) == "lm_head";
+          const double ms = median_ms(
+              [&] {
+                const kc::bf16* wc = w + (call++ % copies) * sh.n * sh.k;
+                if (f32) {
+                  gemm.matmul_xwt_f32(x, wc, y, m, sh.n, sh.k, nullptr);
+                } else {
+                  gemm.matmul_xwt(x, wc, reinterpret_cast<kc::bf16*>(y), m, sh.n, sh.k, nullptr);
+                }
+              },
+              3, iters);
+          figs.push_back({std::string("skinny_gemm_") + sh.name + "_m" + std::to_string(m) +
+                              (gemv_max > 0 ? "_gemv" : "_cublaslt"),
+                          "TB/s", 2.0 * sh.n * sh.k / (ms * 1e-3) / 1e12, ms, copy_tbs});
+        }
+      }
+      cudaFree(w);
+      cudaFree(x);
+      cudaFree(y);
+    }
+  }
   {  // Prefill: causal, B4 H32 S4096 D128 (MHA, as the SDPA peer); causal FLOPs = half of 4 * S^2 * D per
      // head.
     attention_setup s(4, 4096, 4096, 32, 32, 128, 10);
@@ -168,9 +214,31 @@ int run(const std::vector<std::string>& args) {
     };
     add("paged_decode_b64_ctx4096_h32_kv8_d128", [&] { kc::paged_attention_decode(s.p, nullptr); });
     add("flash_decode_b64_ctx4096_h32_kv8_d128", [&] { kc::flash_attention_decode(s.p, nullptr); });
-    for (int splits : {1, 4, 8}) {
-      add("flash_decode_b64_ctx4096_h32_kv8_d128_splits" + std::to_string(splits),
-          [&] { kc::flash_attention_decode(s.p, nullptr, splits); });
+    for (int stages : {2, 3}) {
+      for (int splits : {0, 1, 2, 3, 4}) {
+        add("flash_decode_b64_ctx4096_h32_kv8_d128_stages" + std::to_string(stages) + "_splits" +
+                (splits == 0 ? std::string("auto") : std::to_string(splits)),
+            [&] { kc::flash_attention_decode(s.p, nullptr, splits, stages); });
+      }
+    }
+  }
+  {  // The shapes of the serving benches: batch 256 at ~520 keys (throughput), batch 1 at ~140 (latency).
+    for (const auto& [batch, ctx] : {std::pair<int, int>{256, 520}, std::pair<int, int>{1, 140}}) {
+      attention_setup s(batch, 1, ctx, 32, 8, 128, 40 + batch);
+      const double bytes = 2.0 * batch * ctx * 8 * 128 * 2;
+      const std::string shape = "_b" + std::to_string(batch) + "_ctx" + std::to_string(ctx) + "_h32_kv8_d128";
+      auto add = [&](const std::string& name, const std::function<void()>& fn) {
+        const double ms = median_ms(fn, 3, iters);
+        figs.push_back({name, "TB/s", bytes / (ms * 1e-3) / 1e12, ms, copy_tbs});
+      };
+      add("paged_decode" + shape, [&] { kc::paged_attention_decode(s.p, nullptr); });
+      for (int stages : {2, 3}) {
+        for (int splits : {0, 1, 2, 3, 4}) {
+          add("flash_decode" + shape + "_stages" + std::to_string(stages) + "_splits" +
+                  (splits == 0 ? std::string("auto") : std::to_string(splits)),
+              [&] { kc::flash_attention_decode(s.p, nullptr, splits, stages); });
+        }
+      }
     }
   }
   {  // Decode at batch 1 with a long context: the split-K path's reason to exist.

@@ -54,8 +54,11 @@ size_t attention_workspace_floats(int32_t num_tokens, int32_t num_heads, int32_t
 // SM); 0 = the default (8, or 4 x 1 m tile at head_dim 256).
 void flash_attention_prefill(const attention_params& p, cudaStream_t stream, int warps_per_block = 0);
 // Short query runs (decode; any q_len works): 16-row tiles, keys split over blocks to fill the GPU.
-// num_splits 0 = choose from the shapes.
-void flash_attention_decode(const attention_params& p, cudaStream_t stream, int num_splits = 0);
+// num_splits 0 = choose from the shapes; stages: the K/V ring of 64-key tiles per block, 2 or 3
+// (0 = kFlashDecodeStages).
+constexpr int kFlashDecodeStages = 2;
+void flash_attention_decode(const attention_params& p, cudaStream_t stream, int num_splits = 0,
+                            int stages = 0);
 // Picks one of the two by max_q_len.
 void flash_attention(const attention_params& p, cudaStream_t stream);
 

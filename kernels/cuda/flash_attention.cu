@@ -26,7 +26,9 @@ namespace {
 // kKeySplit = true (decode): all warps share one 16 * kMTiles row tile and split each key tile kWarps ways;
 // their (m, l, O) merge through shared memory at the end. Few rows, many keys: this keeps 4 warps busy
 // per block where a row split would leave one.
-template <int D, int kWarps, int kMTiles, bool kKeySplit>
+// kStages: K/V tiles in the cp.async ring (kStages - 1 in flight while one is computed). Three stages
+// measured slower than two for decode on an H200 (fewer blocks fit an SM); kept selectable for the bench.
+template <int D, int kWarps, int kMTiles, bool kKeySplit, int kStages = 2>
 struct flash_cfg {
   static constexpr int kRowsPerWarp = 16 * kMTiles;
   static constexpr int kBr = kKeySplit ? kRowsPerWarp : kWarps * kRowsPerWarp;
@@ -35,10 +37,13 @@ struct flash_cfg {
   static constexpr int kNT = kKeysPerWarp / 8;                         // n8 tiles of S per warp
   static constexpr int kThreads = kWarps * 32;
   static constexpr int kChunks = D / 8;  // 16-byte chunks per row
-  static constexpr int kSmemBytes = (kBr * D + 4 * kBc * D) * 2;
+  static constexpr int kSmemBytes = (kBr * D + 2 * kStages * kBc * D) * 2;
+  static_assert(kStages >= 2, "the ring needs a tile in flight while one is computed");
   static_assert(!kKeySplit || kKeysPerWarp % 16 == 0, "a warp's key slice must be whole k16 steps");
   static_assert(!kKeySplit || kWarps * kBr * (D + 2) * 4 <= kSmemBytes, "merge scratch must fit");
 };
+
+constexpr int kTableCache = 256;  // block ids a decode block stages in shared memory (4096 keys at 16)
 
 // Element offset of (row, 16-byte chunk) in a swizzled [rows, D] bf16 tile.
 // Rows of fewer than 8 chunks (head_dim 32) swizzle within their 4 chunks.
@@ -56,15 +61,15 @@ __device__ __forceinline__ float fast_exp2(float x) {
   return y;
 }
 
-template <int D, int kWarps, int kMTiles, bool kKeySplit>
+template <int D, int kWarps, int kMTiles, bool kKeySplit, int kStages>
 __global__ void __launch_bounds__(kWarps * 32, kWarps == 8 && D <= 128 ? 2 : 1)
     flash_attention_kernel(attention_params p, int num_splits, int block_shift) {
-  using C = flash_cfg<D, kWarps, kMTiles, kKeySplit>;
+  using C = flash_cfg<D, kWarps, kMTiles, kKeySplit, kStages>;
   constexpr int kBr = C::kBr, kBc = C::kBc, kChunks = C::kChunks, kNT = C::kNT;
   extern __shared__ __align__(128) unsigned char smem_raw[];
   bf16* sq = reinterpret_cast<bf16*>(smem_raw);  // [kBr, D]
-  bf16* sk = sq + kBr * D;                       // [2, kBc, D]
-  bf16* sv = sk + 2 * kBc * D;                   // [2, kBc, D]
+  bf16* sk = sq + kBr * D;                       // [kStages, kBc, D]
+  bf16* sv = sk + kStages * kBc * D;             // [kStages, kBc, D]
 
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
   const int seq = blockIdx.z / num_splits, split = blockIdx.z % num_splits;
@@ -100,6 +105,16 @@ __global__ void __launch_bounds__(kWarps * 32, kWarps == 8 && D <= 128 ? 2 : 1)
     return;
   }
   const int32_t* table = p.block_tables + static_cast<int64_t>(seq) * p.max_blocks_per_seq;
+  // Decode: this split's block ids go to shared memory first, so issuing a tile's copies never waits on a
+  // block-table read (one dependent global load per row otherwise sits in front of every tile's cp.async).
+  __shared__ int32_t s_table[kKeySplit ? kTableCache : 1];
+  const int blk_first = (kt_begin * kBc) / p.block_size;
+  const int n_blk = (min(kt_end * kBc, ctx) - 1) / p.block_size - blk_first + 1;
+  const bool table_cached = kKeySplit && n_blk <= kTableCache;
+  if (table_cached) {
+    for (int i = tid; i < n_blk; i += C::kThreads) s_table[i] = table[blk_first + i];
+    __syncthreads();
+  }
   const int64_t q_stride = p.q_stride > 0 ? p.q_stride : static_cast<int64_t>(p.num_heads) * D;
 
   for (int c = tid; c < kBr * kChunks; c += C::kThreads) {
@@ -120,16 +135,22 @@ __global__ void __launch_bounds__(kWarps * 32, kWarps == 8 && D <= 128 ? 2 : 1)
         // Power-of-two block sizes (the usual case) avoid an integer division per row.
         const int blk = block_shift >= 0 ? j >> block_shift : j / p.block_size;
         const int in_blk = block_shift >= 0 ? j & (p.block_size - 1) : j % p.block_size;
-        const int64_t slot = static_cast<int64_t>(table[blk]) * p.block_size + in_blk;
+        const int32_t id = table_cached ? s_table[blk - blk_first] : table[blk];
+        const int64_t slot = static_cast<int64_t>(id) * p.block_size + in_blk;
         off = (slot * p.num_kv_heads + kv_head) * D + ch * 8;
       }
       cp_async16(dst + swz<D>(r, ch), cache + off, valid);
     }
   };
-  load_tile(p.k_cache, sk, kt_begin);
-  cp_async_commit();
-  load_tile(p.v_cache, sv, kt_begin);
-  cp_async_commit();
+  // Prologue: tiles kt_begin .. kt_begin + kStages - 2 in flight (two groups each, possibly empty, so the
+  // wait counts below hold at the end of the range too).
+#pragma unroll
+  for (int st = 0; st < kStages - 1; ++st) {
+    if (kt_begin + st < kt_end) load_tile(p.k_cache, sk + st * kBc * D, kt_begin + st);
+    cp_async_commit();
+    if (kt_begin + st < kt_end) load_tile(p.v_cache, sv + st * kBc * D, kt_begin + st);
+    cp_async_commit();
+  }
 
   const float scale_log2 = p.scale * 1.4426950408889634f;
   const int g = lane / 4, t = lane % 4;
@@ -170,13 +191,16 @@ __global__ void __launch_bounds__(kWarps * 32, kWarps == 8 && D <= 128 ? 2 : 1)
   }
 
   for (int kt = kt_begin; kt < kt_end; ++kt) {
-    const int stage = (kt - kt_begin) & 1;
-    cp_async_wait<1>();  // K[kt] landed (V[kt] may still be in flight)
-    __syncthreads();     // ... for every thread; and all are done with the other stage
-    if (kt + 1 < kt_end) load_tile(p.k_cache, sk + (stage ^ 1) * kBc * D, kt + 1);
-    cp_async_commit();
-    if (kt + 1 < kt_end) load_tile(p.v_cache, sv + (stage ^ 1) * kBc * D, kt + 1);
-    cp_async_commit();
+    const int stage = (kt - kt_begin) % kStages;
+    cp_async_wait<2 * (kStages - 2) + 1>();  // K[kt] landed (V[kt] and later tiles may be in flight)
+    __syncthreads();  // ... for every thread; and all are done with tile kt - 1, whose stage is refilled
+    {
+      const int nxt = kt + kStages - 1, nstage = (stage + kStages - 1) % kStages;
+      if (nxt < kt_end) load_tile(p.k_cache, sk + nstage * kBc * D, nxt);
+      cp_async_commit();
+      if (nxt < kt_end) load_tile(p.v_cache, sv + nstage * kBc * D, nxt);
+      cp_async_commit();
+    }
 
     float s[kMTiles][kNT][4];
 #pragma unroll
@@ -249,7 +273,7 @@ __global__ void __launch_bounds__(kWarps * 32, kWarps == 8 && D <= 128 ? 2 : 1)
       }
     }
 
-    cp_async_wait<2>();  // V[kt] landed (the two groups of tile kt + 1 may be in flight)
+    cp_async_wait<2 * (kStages - 1)>();  // V[kt] landed (the groups of later tiles may be in flight)
     __syncthreads();
     static_for<kNT / 2>([&](auto kk_c) {
       constexpr int kk = decltype(kk_c)::value;
@@ -378,10 +402,10 @@ __global__ void merge_splits_kernel(split_views parts, bf16* out, int64_t rows, 
   }
 }
 
-template <int D, int kWarps, int kMTiles, bool kKeySplit>
+template <int D, int kWarps, int kMTiles, bool kKeySplit, int kStages = 2>
 void launch_flash(const attention_params& p, int num_splits, cudaStream_t stream) {
-  using C = flash_cfg<D, kWarps, kMTiles, kKeySplit>;
-  auto kernel = flash_attention_kernel<D, kWarps, kMTiles, kKeySplit>;
+  using C = flash_cfg<D, kWarps, kMTiles, kKeySplit, kStages>;
+  auto kernel = flash_attention_kernel<D, kWarps, kMTiles, kKeySplit, kStages>;
   static bool configured = false;  // the attribute is per function; setting it once per process suffices
   if (!configured) {
     TROUPE_CUDA_CHECK(
@@ -450,35 +474,51 @@ void flash_attention_prefill(const attention_params& p, cudaStream_t stream, int
   });
 }
 
-void flash_attention_decode(const attention_params& p, cudaStream_t stream, int num_splits) {
-  check_params(p);
-  if (p.num_tokens == 0) return;
+namespace {
+
+// Blocks of the decode kernel resident on the whole GPU (head_dim 128 instance; the others differ little
+// for the split choice).
+template <int kStages>
+int decode_resident_blocks() {
+  using C = flash_cfg<128, 4, 1, true, kStages>;
+  static const int resident = [] {
+    int per_sm = 0;
+    auto kernel = flash_attention_kernel<128, 4, 1, true, kStages>;
+    TROUPE_CUDA_CHECK(
+        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, C::kSmemBytes));
+    TROUPE_CUDA_CHECK(
+        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, C::kThreads, C::kSmemBytes));
+    return std::max(1, per_sm) * sm_count();
+  }();
+  return resident;
+}
+
+// Key splits per (sequence, kv head): the count whose grid fills its last wave best (a 1.5-wave grid idles
+// a quarter of the GPU), less a small charge per split for the partial outputs and the merge. A split keeps
+// at least two key tiles when the grid is large (a block's first tile is latency it cannot hide), down to
+// one tile per split when the grid is small (batch 1, where latency is all there is).
+int choose_decode_splits(int64_t blocks, int tiles, int resident) {
+  const int min_tiles = blocks >= resident ? 2 : 1;
+  const int max_splits = std::max(1, std::min(kFlashMaxSplits, tiles / min_tiles));
+  double best = -1e30;
+  int splits = 1;
+  for (int sp = 1; sp <= max_splits; ++sp) {
+    const double waves = static_cast<double>(blocks * sp) / resident;
+    const double score = waves / std::ceil(waves) - 0.01 * sp;
+    if (score > best + 1e-9) {
+      best = score;
+      splits = sp;
+    }
+  }
+  return splits;
+}
+
+template <int kStages>
+void decode_with_stages(const attention_params& p, int num_splits, cudaStream_t stream) {
   const int tiles = std::max(1, (p.max_context_len + 63) / 64);
   if (num_splits <= 0) {
-    // Pick the split count whose grid fills its last wave best (a 2.6-wave grid idles 40 % of the GPU in
-    // its last wave), keeping at least 4 key tiles per split so the merge stays cheap. Residency is read
-    // off the head_dim 128 instance; the other head dims differ little for this choice.
-    using C = flash_cfg<128, 4, 1, true>;
-    static const int resident = [] {
-      int per_sm = 0;
-      TROUPE_CUDA_CHECK(cudaFuncSetAttribute(flash_attention_kernel<128, 4, 1, true>,
-                                             cudaFuncAttributeMaxDynamicSharedMemorySize, C::kSmemBytes));
-      TROUPE_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
-          &per_sm, flash_attention_kernel<128, 4, 1, true>, C::kThreads, C::kSmemBytes));
-      return std::max(1, per_sm) * sm_count();
-    }();
-    const int64_t blocks = static_cast<int64_t>(p.num_seqs) * p.num_kv_heads;
-    const int max_splits = std::max(1, std::min(kFlashMaxSplits, tiles / 4));
-    double best = -1.0;
-    num_splits = 1;
-    for (int sp = 1; sp <= max_splits; ++sp) {
-      const double waves = static_cast<double>(blocks * sp) / resident;
-      const double score = waves / std::ceil(waves) - 0.01 * sp;
-      if (score > best + 1e-9) {
-        best = score;
-        num_splits = sp;
-      }
-    }
+    num_splits = choose_decode_splits(static_cast<int64_t>(p.num_seqs) * p.num_kv_heads, tiles,
+                                      decode_resident_blocks<kStages>());
   }
   num_splits = std::max(1, std::min({num_splits, tiles, kFlashMaxSplits}));
   const int64_t rows = static_cast<int64_t>(p.num_tokens) * p.num_heads;
@@ -487,12 +527,27 @@ void flash_attention_decode(const attention_params& p, cudaStream_t stream, int 
     --num_splits;
   }
   TROUPE_DISPATCH_HEAD_DIM(p.head_dim, [&] {
-    launch_flash<kHeadDim, 4, 1, true>(p, num_splits, stream);
+    launch_flash<kHeadDim, 4, 1, true, kStages>(p, num_splits, stream);
     if (num_splits > 1) {
       merge_splits(split_layout(p.workspace, rows, kHeadDim, num_splits), p.out, rows, kHeadDim, num_splits,
                    stream);
     }
   });
+}
+
+}  // namespace
+
+void flash_attention_decode(const attention_params& p, cudaStream_t stream, int num_splits, int stages) {
+  check_params(p);
+  TROUPE_KERNEL_REQUIRE(stages == 0 || stages == 2 || stages == 3,
+                        "flash decode: stages " << stages << " not in {0, 2, 3}");
+  if (p.num_tokens == 0) return;
+  switch (stages == 0 ? kFlashDecodeStages : stages) {
+    case 2:
+      return decode_with_stages<2>(p, num_splits, stream);
+    default:
+      return decode_with_stages<3>(p, num_splits, stream);
+  }
 }
 
 void flash_attention(const attention_params& p, cudaStream_t stream) {

@@ -30,6 +30,14 @@ void gemm_context::matmul_xwt_f32(const bf16* x, const bf16* w, float* y, int64_
 void gemm_context::run(const bf16* x, const bf16* w, void* y, bool f32_out, int64_t m, int64_t n, int64_t k,
                        cudaStream_t stream) {
   if (m == 0 || n == 0) return;
+  if (m <= gemv_max_m_ && gemv_supports(x, w, m, n, k)) {
+    if (f32_out) {
+      gemv_xwt_f32(x, w, static_cast<float*>(y), m, n, k, stream);
+    } else {
+      gemv_xwt(x, w, static_cast<bf16*>(y), m, n, k, stream);
+    }
+    return;
+  }
   cublasLtMatmulDesc_t op = nullptr;
   cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
   cublasLtMatmulPreference_t pref = nullptr;

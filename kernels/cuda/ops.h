@@ -77,7 +77,21 @@ void rope_write_kv(const rope_write_kv_params& p, cudaStream_t stream);
 // without a host round trip. Deterministic for a seed.
 void fill_random_normal(bf16* x, int64_t n, uint64_t seed, float mean, float stddev, cudaStream_t stream);
 
-// GEMMs through cuBLASLt: y[m, n] = x[m, k] @ w[n, k]^T, bf16 operands, fp32 accumulation, bf16 out.
+// Skinny GEMMs by our own kernel (kernels/cuda/gemv.cu): y[m, n] = x[m, k] @ w[n, k]^T for 1 <= m <=
+// kGemvMaxM, k % 8 == 0, x and w 16-byte aligned (gemv_supports); fp32 accumulation.
+constexpr int kGemvMaxM = 8;
+bool gemv_supports(const void* x, const void* w, int64_t m, int64_t n, int64_t k);
+void gemv_xwt(const bf16* x,  // [m, k]
+              const bf16* w,  // [n, k]
+              bf16* y,        // [m, n]
+              int64_t m, int64_t n, int64_t k, cudaStream_t stream);
+void gemv_xwt_f32(const bf16* x,  // [m, k]
+                  const bf16* w,  // [n, k]
+                  float* y,       // [m, n]
+                  int64_t m, int64_t n, int64_t k, cudaStream_t stream);
+
+// GEMMs: y[m, n] = x[m, k] @ w[n, k]^T, bf16 operands, fp32 accumulation, bf16 out; through cuBLASLt, or
+// the gemv kernel when m <= gemv_max_m() and the shape allows it.
 // One gemm_context per stream/thread: it owns the handle and a workspace, created once, reused per call.
 class gemm_context {
  public:
@@ -96,9 +110,14 @@ class gemm_context {
                       float* y,       // [m, n]
                       int64_t m, int64_t n, int64_t k, cudaStream_t stream);
 
+  // Largest m sent to the gemv kernel: kGemvMaxM by default, 0 = cuBLASLt always (benchmarks compare).
+  void set_gemv_max_m(int m) { gemv_max_m_ = m; }
+  int gemv_max_m() const { return gemv_max_m_; }
+
  private:
   void run(const bf16* x, const bf16* w, void* y, bool f32_out, int64_t m, int64_t n, int64_t k,
            cudaStream_t stream);
+  int gemv_max_m_ = kGemvMaxM;
   cublasLtHandle_t handle_ = nullptr;
   void* workspace_ = nullptr;  // [kWorkspaceBytes]
   static constexpr size_t kWorkspaceBytes = 32u << 20;

@@ -24,7 +24,16 @@ struct attn_case {
   int sliding_window = 0;
 };
 
-enum class attn_impl { flash_prefill4, flash_prefill8, flash_decode, flash_decode_split3, paged_decode };
+enum class attn_impl {
+  flash_prefill4,
+  flash_prefill8,
+  flash_decode,
+  flash_decode_split3,
+  flash_decode_stages3,
+  flash_decode_split1,
+  flash_decode_stages3_split5,
+  paged_decode
+};
 
 const char* name_of(attn_impl i) {
   switch (i) {
@@ -36,6 +45,12 @@ const char* name_of(attn_impl i) {
       return "flash_decode";
     case attn_impl::flash_decode_split3:
       return "flash_decode(3 splits)";
+    case attn_impl::flash_decode_stages3:
+      return "flash_decode(3 stages)";
+    case attn_impl::flash_decode_split1:
+      return "flash_decode(1 split)";
+    case attn_impl::flash_decode_stages3_split5:
+      return "flash_decode(3 stages, 5 splits)";
     case attn_impl::paged_decode:
       return "paged_decode";
   }
@@ -110,6 +125,15 @@ void run_case(const attn_case& c, attn_impl impl, uint32_t seed) {
     case attn_impl::flash_decode_split3:
       kc::flash_attention_decode(p, nullptr, 3);
       break;
+    case attn_impl::flash_decode_stages3:
+      kc::flash_attention_decode(p, nullptr, 0, 3);
+      break;
+    case attn_impl::flash_decode_split1:
+      kc::flash_attention_decode(p, nullptr, 1);
+      break;
+    case attn_impl::flash_decode_stages3_split5:
+      kc::flash_attention_decode(p, nullptr, 5, 3);
+      break;
     case attn_impl::paged_decode:
       kc::paged_attention_decode(p, nullptr);
       break;
@@ -167,7 +191,9 @@ TEST_P(Decode, FlashAndPagedMatchReference) {
   // Contexts on both sides of a paged partition (512) and of a flash key tile (64), batch of 6.
   const std::vector<int> ctx{1, 63, 64, 511, 1300, 2100};
   const std::vector<int> ones(ctx.size(), 1);
-  for (attn_impl impl : {attn_impl::flash_decode, attn_impl::flash_decode_split3, attn_impl::paged_decode}) {
+  for (attn_impl impl :
+       {attn_impl::flash_decode, attn_impl::flash_decode_split3, attn_impl::flash_decode_stages3,
+        attn_impl::flash_decode_stages3_split5, attn_impl::paged_decode}) {
     for (const auto& [h, kvh] : {std::pair<int, int>{8, 2}, {8, 8}, {8, 1}, {32, 8}}) {
       if (impl == attn_impl::paged_decode && h / kvh > d / 8)
         continue;  // refused: see RefusesUnsupportedShapes
@@ -175,6 +201,9 @@ TEST_P(Decode, FlashAndPagedMatchReference) {
     }
     run_case({ones, ctx, 8, 2, d, 16, 700}, impl, seed++);  // sliding window
   }
+  // One split over 4500 keys: more block ids than a decode block stages in shared memory (it reads the
+  // table from global memory then).
+  run_case({{1, 1}, {4500, 70}, 8, 2, d, 16, 0}, attn_impl::flash_decode_split1, seed++);
   // Flash decode also takes short multi-token runs (speculative decode, small chunks).
   run_case({{2, 3, 1}, {700, 90, 5}, 8, 2, d, 16, 0}, attn_impl::flash_decode, seed++);
 }

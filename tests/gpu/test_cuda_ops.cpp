@@ -218,5 +218,35 @@ TEST(CudaOps, GemmMatchesReference) {
   }
 }
 
+// The skinny-GEMM kernel at every m it takes, row counts that are not a multiple of a block's 4 warps, and
+// k from one 16-byte chunk per row to the 14336 of a Llama-3-8B down projection (the unrolled main loop and
+// its tail); gemm_context sends m <= kGemvMaxM there and larger m to cuBLASLt.
+TEST(CudaOps, GemvMatchesReference) {
+  TROUPE_SKIP_WITHOUT_GPU();
+  std::mt19937 rng(18);
+  for (int m = 1; m <= kc::kGemvMaxM; ++m) {
+    for (const auto& [n, k] : {std::pair<int, int>{1, 8}, {7, 264}, {1000, 4096}, {130, 14336}, {33, 1032}}) {
+      auto x = random_bf16(rng, static_cast<size_t>(m) * k),
+           w = random_bf16(rng, static_cast<size_t>(n) * k, 0.05f);
+      device_buffer<bf16> d_x(x.dev), d_w(w.dev), d_y(static_cast<size_t>(m) * n);
+      device_buffer<float> d_y32(static_cast<size_t>(m) * n);
+      d_y.poison();
+      d_y32.poison();
+      ASSERT_TRUE(kc::gemv_supports(d_x.get(), d_w.get(), m, n, k));
+      kc::gemv_xwt(d_x.get(), d_w.get(), d_y.get(), m, n, k, nullptr);
+      kc::gemv_xwt_f32(d_x.get(), d_w.get(), d_y32.get(), m, n, k, nullptr);
+      std::vector<float> ref(static_cast<size_t>(m) * n);
+      kref::matmul_xwt(x.ref.data(), w.ref.data(), nullptr, ref.data(), m, n, k);
+      const std::string what =
+          "gemv m=" + std::to_string(m) + " n=" + std::to_string(n) + " k=" + std::to_string(k);
+      expect_close(to_float(d_y.download()), ref, 2e-2f, 1e-2f, 5e-3, what.c_str());
+      expect_close(d_y32.download(), ref, 1e-3f, 1e-3f, 1e-4, (what + " fp32 out").c_str());
+    }
+  }
+  EXPECT_FALSE(kc::gemv_supports(nullptr, nullptr, kc::kGemvMaxM + 1, 16, 64));
+  EXPECT_FALSE(kc::gemv_supports(nullptr, nullptr, 1, 16, 60));  // k not whole 16-byte chunks
+  EXPECT_THROW(kc::gemv_xwt(nullptr, nullptr, nullptr, 1, 16, 60, nullptr), std::runtime_error);
+}
+
 }  // namespace
 }  // namespace troupe::gpu_test

@@ -1,0 +1,163 @@
+// Skinny GEMMs (decode at small batch): y[m, n] = x[m, k] @ w[n, k]^T for m <= kGemvMaxM, bound by reading
+// w once. cuBLASLt's kernels for these shapes read the weights at 60-83 % of HBM bandwidth and add a
+// split-K reduce launch (measured with ncu on an H100, Llama-3.1-8B shapes at m = 1); here a warp owns
+// one row of w (four when m > 1), streams it with 16-byte loads that skip L1 (several in flight per lane),
+// and dots it with every row of x, which stays in L1/L2 (x is at most 8 x 14336 bf16). fp32 accumulation,
+// one warp reduction per output.
+#include <cuda_bf16.h>
+
+#include <cstdint>
+
+#include "kernels/cuda/check.h"
+#include "kernels/cuda/ops.h"
+
+namespace troupe::kernels::cuda {
+namespace {
+
+constexpr int kGemvWarps = 4;  // per block: small blocks spread the rows evenly over the SMs
+constexpr int kUnroll = 4;     // 16-byte loads of w in flight per lane
+
+// A 16-byte load of streamed data: not kept in L1, where x lives.
+__device__ __forceinline__ uint4 load_stream(const uint4* p) {
+  uint4 v;
+  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+               : "l"(p));
+  return v;
+}
+
+__device__ __forceinline__ float dot8(const uint4& a, const uint4& b, float acc) {
+  const __nv_bfloat162* ha = reinterpret_cast<const __nv_bfloat162*>(&a);
+  const __nv_bfloat162* hb = reinterpret_cast<const __nv_bfloat162*>(&b);
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const float2 fa = __bfloat1622float2(ha[i]);
+    const float2 fb = __bfloat1622float2(hb[i]);
+    acc = fmaf(fa.x, fb.x, acc);
+    acc = fmaf(fa.y, fb.y, acc);
+  }
+  return acc;
+}
+
+__device__ __forceinline__ void store(bf16* y, float v) { *y = __float2bfloat16(v); }
+__device__ __forceinline__ void store(float* y, float v) { *y = v; }
+
+// kR rows of w per warp: each 16-byte chunk of x read from L1 (and converted to fp32) serves kR rows,
+// which is what bounds the kernel once m > 1 (m loads of x per load of w otherwise).
+template <int M, int kR, typename OutT>
+__global__ void __launch_bounds__(kGemvWarps * 32) gemv_kernel(const bf16* __restrict__ x,  // [M, k]
+                                                               const bf16* __restrict__ w,  // [n, k]
+                                                               OutT* __restrict__ y,        // [M, n]
+                                                               int n, int k) {
+  constexpr int kU = kR == 1 ? kUnroll : (kR == 2 ? 2 : 1);  // chunks per row in flight per lane
+  const int row0 = (blockIdx.x * kGemvWarps + threadIdx.x / 32) * kR, lane = threadIdx.x % 32;
+  if (row0 >= n) return;
+  const int chunks = k / 8;  // 16-byte chunks per row (k % 8 == 0, checked by the launcher)
+  const uint4* wr[kR];
+#pragma unroll
+  for (int r = 0; r < kR; ++r)  // rows past n re-read the last row and are not stored
+    wr[r] = reinterpret_cast<const uint4*>(w + static_cast<int64_t>(min(row0 + r, n - 1)) * k);
+  const uint4* xr = reinterpret_cast<const uint4*>(x);
+  float acc[kR][M];
+#pragma unroll
+  for (int r = 0; r < kR; ++r)
+#pragma unroll
+    for (int m = 0; m < M; ++m) acc[r][m] = 0.0f;
+  int c = lane;
+  for (; c + 32 * (kU - 1) < chunks; c += 32 * kU) {
+    uint4 wv[kU][kR];
+#pragma unroll
+    for (int u = 0; u < kU; ++u)
+#pragma unroll
+      for (int r = 0; r < kR; ++r) wv[u][r] = load_stream(wr[r] + c + 32 * u);
+#pragma unroll
+    for (int u = 0; u < kU; ++u)
+#pragma unroll
+      for (int m = 0; m < M; ++m) {
+        const uint4 xv = __ldg(xr + m * chunks + c + 32 * u);
+#pragma unroll
+        for (int r = 0; r < kR; ++r) acc[r][m] = dot8(wv[u][r], xv, acc[r][m]);
+      }
+  }
+  for (; c < chunks; c += 32) {
+    uint4 wv[kR];
+#pragma unroll
+    for (int r = 0; r < kR; ++r) wv[r] = load_stream(wr[r] + c);
+#pragma unroll
+    for (int m = 0; m < M; ++m) {
+      const uint4 xv = __ldg(xr + m * chunks + c);
+#pragma unroll
+      for (int r = 0; r < kR; ++r) acc[r][m] = dot8(wv[r], xv, acc[r][m]);
+    }
+  }
+#pragma unroll
+  for (int r = 0; r < kR; ++r)
+#pragma unroll
+    for (int m = 0; m < M; ++m) {
+#pragma unroll
+      for (int off = 16; off > 0; off /= 2) acc[r][m] += __shfl_xor_sync(0xffffffffu, acc[r][m], off);
+    }
+    // Lane r * M + m stores output (m, row0 + r).
+#pragma unroll
+  for (int r = 0; r < kR; ++r)
+#pragma unroll
+    for (int m = 0; m < M; ++m)
+      if (lane == (r * M + m) % 32 && row0 + r < n)
+        store(y + static_cast<int64_t>(m) * n + row0 + r, acc[r][m]);
+}
+
+template <int M, typename OutT>
+void launch_gemv_m(const bf16* x, const bf16* w, OutT* y, int64_t n, int64_t k, cudaStream_t stream) {
+  constexpr int kR = M == 1 ? 1 : 4;
+  const dim3 grid(static_cast<unsigned>((n + kGemvWarps * kR - 1) / (kGemvWarps * kR)));
+  gemv_kernel<M, kR, OutT>
+      <<<grid, kGemvWarps * 32, 0, stream>>>(x, w, y, static_cast<int>(n), static_cast<int>(k));
+}
+
+template <typename OutT>
+void launch_gemv(const bf16* x, const bf16* w, OutT* y, int64_t m, int64_t n, int64_t k,
+                 cudaStream_t stream) {
+  switch (m) {
+#define TROUPE_GEMV_CASE(M)                        \
+  case M:                                          \
+    launch_gemv_m<M, OutT>(x, w, y, n, k, stream); \
+    break;
+    TROUPE_GEMV_CASE(1)
+    TROUPE_GEMV_CASE(2)
+    TROUPE_GEMV_CASE(3)
+    TROUPE_GEMV_CASE(4)
+    TROUPE_GEMV_CASE(5)
+    TROUPE_GEMV_CASE(6)
+    TROUPE_GEMV_CASE(7)
+    TROUPE_GEMV_CASE(8)
+#undef TROUPE_GEMV_CASE
+    default:
+      TROUPE_KERNEL_REQUIRE(false, "gemv: m " << m << " not in [1, " << kGemvMaxM << "]");
+  }
+  TROUPE_CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace
+
+bool gemv_supports(const void* x, const void* w, int64_t m, int64_t n, int64_t k) {
+  const auto aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
+  return m >= 1 && m <= kGemvMaxM && n > 0 && k > 0 && k % 8 == 0 && n < (int64_t{1} << 31) &&
+         k < (int64_t{1} << 31) && aligned(x) && aligned(w);
+}
+
+void gemv_xwt(const bf16* x, const bf16* w, bf16* y, int64_t m, int64_t n, int64_t k, cudaStream_t stream) {
+  TROUPE_KERNEL_REQUIRE(
+      gemv_supports(x, w, m, n, k),
+      "gemv: unsupported shape m=" << m << " n=" << n << " k=" << k << " or unaligned operands");
+  launch_gemv(x, w, y, m, n, k, stream);
+}
+
+void gemv_xwt_f32(const bf16* x, const bf16* w, float* y, int64_t m, int64_t n, int64_t k,
+                  cudaStream_t stream) {
+  TROUPE_KERNEL_REQUIRE(
+      gemv_supports(x, w, m, n, k),
+      "gemv: unsupported shape m=" << m << " n=" << n << " k=" << k << " or unaligned operands");
+  launch_gemv(x, w, y, m, n, k, stream);
+}
+
+}  // namespace troupe::kernels::cuda
