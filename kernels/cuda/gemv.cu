@@ -42,56 +42,64 @@ __device__ __forceinline__ float dot8(const uint4& a, const uint4& b, float acc)
 __device__ __forceinline__ void store(bf16* y, float v) { *y = __float2bfloat16(v); }
 __device__ __forceinline__ void store(float* y, float v) { *y = v; }
 
-// kR rows of w per warp: each 16-byte chunk of x read from L1 (and converted to fp32) serves kR rows,
+// kR outputs per warp: each 16-byte chunk of x read from L1 (and converted to fp32) serves kR rows of w,
 // which is what bounds the kernel once m > 1 (m loads of x per load of w otherwise).
-template <int M, int kR, typename OutT>
-__global__ void __launch_bounds__(kGemvWarps * 32) gemv_kernel(const bf16* __restrict__ x,  // [M, k]
-                                                               const bf16* __restrict__ w,  // [n, k]
-                                                               OutT* __restrict__ y,        // [M, n]
-                                                               int n, int k) {
-  constexpr int kU = kR == 1 ? kUnroll : (kR == 2 ? 2 : 1);  // chunks per row in flight per lane
+// kGated: w is a merged [2n, k] gate/up projection and y[m, j] = silu(gate[m, j]) * up[m, j], the gate and
+// up rows j and n + j read by the same warp (so the MLP's activation costs no launch and no pass over a
+// [m, 2n] intermediate). Gate and up are rounded to bf16 before the SiLU, as the unfused path (GEMM to
+// bf16, then silu_mul) does.
+template <int M, int kR, bool kGated, typename OutT>
+__global__ void __launch_bounds__(kGemvWarps * 32)
+    gemv_kernel(const bf16* __restrict__ x,  // [M, k]
+                const bf16* __restrict__ w,  // [n, k], or [2n, k] when kGated
+                OutT* __restrict__ y,        // [M, n]
+                int n, int k) {
+  constexpr int kRows = kGated ? 2 * kR : kR;                      // rows of w per warp
+  constexpr int kU = kRows == 1 ? kUnroll : (kRows == 2 ? 2 : 1);  // chunks per row in flight per lane
   const int row0 = (blockIdx.x * kGemvWarps + threadIdx.x / 32) * kR, lane = threadIdx.x % 32;
   if (row0 >= n) return;
   const int chunks = k / 8;  // 16-byte chunks per row (k % 8 == 0, checked by the launcher)
-  const uint4* wr[kR];
+  const uint4* wr[kRows];
 #pragma unroll
-  for (int r = 0; r < kR; ++r)  // rows past n re-read the last row and are not stored
-    wr[r] = reinterpret_cast<const uint4*>(w + static_cast<int64_t>(min(row0 + r, n - 1)) * k);
+  for (int r = 0; r < kRows; ++r) {  // outputs past n re-read the last row and are not stored
+    const int out = min(row0 + r % kR, n - 1);
+    wr[r] = reinterpret_cast<const uint4*>(w + static_cast<int64_t>(r < kR ? out : n + out) * k);
+  }
   const uint4* xr = reinterpret_cast<const uint4*>(x);
-  float acc[kR][M];
+  float acc[kRows][M];
 #pragma unroll
-  for (int r = 0; r < kR; ++r)
+  for (int r = 0; r < kRows; ++r)
 #pragma unroll
     for (int m = 0; m < M; ++m) acc[r][m] = 0.0f;
   int c = lane;
   for (; c + 32 * (kU - 1) < chunks; c += 32 * kU) {
-    uint4 wv[kU][kR];
+    uint4 wv[kU][kRows];
 #pragma unroll
     for (int u = 0; u < kU; ++u)
 #pragma unroll
-      for (int r = 0; r < kR; ++r) wv[u][r] = load_stream(wr[r] + c + 32 * u);
+      for (int r = 0; r < kRows; ++r) wv[u][r] = load_stream(wr[r] + c + 32 * u);
 #pragma unroll
     for (int u = 0; u < kU; ++u)
 #pragma unroll
       for (int m = 0; m < M; ++m) {
         const uint4 xv = __ldg(xr + m * chunks + c + 32 * u);
 #pragma unroll
-        for (int r = 0; r < kR; ++r) acc[r][m] = dot8(wv[u][r], xv, acc[r][m]);
+        for (int r = 0; r < kRows; ++r) acc[r][m] = dot8(wv[u][r], xv, acc[r][m]);
       }
   }
   for (; c < chunks; c += 32) {
-    uint4 wv[kR];
+    uint4 wv[kRows];
 #pragma unroll
-    for (int r = 0; r < kR; ++r) wv[r] = load_stream(wr[r] + c);
+    for (int r = 0; r < kRows; ++r) wv[r] = load_stream(wr[r] + c);
 #pragma unroll
     for (int m = 0; m < M; ++m) {
       const uint4 xv = __ldg(xr + m * chunks + c);
 #pragma unroll
-      for (int r = 0; r < kR; ++r) acc[r][m] = dot8(wv[r], xv, acc[r][m]);
+      for (int r = 0; r < kRows; ++r) acc[r][m] = dot8(wv[r], xv, acc[r][m]);
     }
   }
 #pragma unroll
-  for (int r = 0; r < kR; ++r)
+  for (int r = 0; r < kRows; ++r)
 #pragma unroll
     for (int m = 0; m < M; ++m) {
 #pragma unroll
@@ -101,26 +109,33 @@ __global__ void __launch_bounds__(kGemvWarps * 32) gemv_kernel(const bf16* __res
 #pragma unroll
   for (int r = 0; r < kR; ++r)
 #pragma unroll
-    for (int m = 0; m < M; ++m)
-      if (lane == (r * M + m) % 32 && row0 + r < n)
-        store(y + static_cast<int64_t>(m) * n + row0 + r, acc[r][m]);
+    for (int m = 0; m < M; ++m) {
+      if (lane != (r * M + m) % 32 || row0 + r >= n) continue;
+      float v = acc[r][m];
+      if constexpr (kGated) {
+        const float g = __bfloat162float(__float2bfloat16(v));
+        const float u = __bfloat162float(__float2bfloat16(acc[kR + r][m]));
+        v = g / (1.0f + expf(-g)) * u;
+      }
+      store(y + static_cast<int64_t>(m) * n + row0 + r, v);
+    }
 }
 
-template <int M, typename OutT>
+template <int M, bool kGated, typename OutT>
 void launch_gemv_m(const bf16* x, const bf16* w, OutT* y, int64_t n, int64_t k, cudaStream_t stream) {
-  constexpr int kR = M == 1 ? 1 : 4;
+  constexpr int kR = M == 1 ? 1 : (kGated ? 2 : 4);
   const dim3 grid(static_cast<unsigned>((n + kGemvWarps * kR - 1) / (kGemvWarps * kR)));
-  gemv_kernel<M, kR, OutT>
+  gemv_kernel<M, kR, kGated, OutT>
       <<<grid, kGemvWarps * 32, 0, stream>>>(x, w, y, static_cast<int>(n), static_cast<int>(k));
 }
 
-template <typename OutT>
+template <bool kGated, typename OutT>
 void launch_gemv(const bf16* x, const bf16* w, OutT* y, int64_t m, int64_t n, int64_t k,
                  cudaStream_t stream) {
   switch (m) {
-#define TROUPE_GEMV_CASE(M)                        \
-  case M:                                          \
-    launch_gemv_m<M, OutT>(x, w, y, n, k, stream); \
+#define TROUPE_GEMV_CASE(M)                                \
+  case M:                                                  \
+    launch_gemv_m<M, kGated, OutT>(x, w, y, n, k, stream); \
     break;
     TROUPE_GEMV_CASE(1)
     TROUPE_GEMV_CASE(2)
@@ -149,7 +164,7 @@ void gemv_xwt(const bf16* x, const bf16* w, bf16* y, int64_t m, int64_t n, int64
   TROUPE_KERNEL_REQUIRE(
       gemv_supports(x, w, m, n, k),
       "gemv: unsupported shape m=" << m << " n=" << n << " k=" << k << " or unaligned operands");
-  launch_gemv(x, w, y, m, n, k, stream);
+  launch_gemv<false>(x, w, y, m, n, k, stream);
 }
 
 void gemv_xwt_f32(const bf16* x, const bf16* w, float* y, int64_t m, int64_t n, int64_t k,
@@ -157,7 +172,15 @@ void gemv_xwt_f32(const bf16* x, const bf16* w, float* y, int64_t m, int64_t n, 
   TROUPE_KERNEL_REQUIRE(
       gemv_supports(x, w, m, n, k),
       "gemv: unsupported shape m=" << m << " n=" << n << " k=" << k << " or unaligned operands");
-  launch_gemv(x, w, y, m, n, k, stream);
+  launch_gemv<false>(x, w, y, m, n, k, stream);
+}
+
+void gemv_gate_up_silu(const bf16* x, const bf16* w_gate_up, bf16* act, int64_t m, int64_t inter, int64_t k,
+                       cudaStream_t stream) {
+  TROUPE_KERNEL_REQUIRE(
+      gemv_supports(x, w_gate_up, m, 2 * inter, k),
+      "gemv: unsupported shape m=" << m << " n=" << 2 * inter << " k=" << k << " or unaligned operands");
+  launch_gemv<true>(x, w_gate_up, act, m, inter, k, stream);
 }
 
 }  // namespace troupe::kernels::cuda

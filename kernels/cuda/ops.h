@@ -89,6 +89,13 @@ void gemv_xwt_f32(const bf16* x,  // [m, k]
                   const bf16* w,  // [n, k]
                   float* y,       // [m, n]
                   int64_t m, int64_t n, int64_t k, cudaStream_t stream);
+// The MLP's gate/up projection and SiLU-and-multiply in one pass: act[m, j] = silu(g) * u with g = (x @
+// w_gate_up[j]^T) and u = (x @ w_gate_up[inter + j]^T), each rounded to bf16 first (what gemm + silu_mul
+// compute). Same limits as gemv_xwt with n = 2 * inter.
+void gemv_gate_up_silu(const bf16* x,          // [m, k]
+                       const bf16* w_gate_up,  // [2 * inter, k]: gate rows, then up rows
+                       bf16* act,              // [m, inter]
+                       int64_t m, int64_t inter, int64_t k, cudaStream_t stream);
 
 // GEMMs: y[m, n] = x[m, k] @ w[n, k]^T, bf16 operands, fp32 accumulation, bf16 out; through cuBLASLt, or
 // the gemv kernel when m <= gemv_max_m() and the shape allows it.

@@ -344,9 +344,13 @@ void cuda_model_runner::launch_model(const step_shape& sh) {
     gemm_->matmul_xwt(attn_, L.wo, x_, T, H, qs, stream_);
     if (L.bo != nullptr) kc::add_bias(x_, L.bo, T, H, stream_);
     kc::add_rms_norm(residual_, x_, L.ln2, h_, T, H, eps, stream_);
-    gemm_->matmul_xwt(h_, L.wgu, gu_, T, 2 * inter, H, stream_);
-    if (L.bgu != nullptr) kc::add_bias(gu_, L.bgu, T, 2 * inter, stream_);
-    kc::silu_mul(gu_, act_, T, inter, stream_);
+    if (L.bgu == nullptr && T <= gemm_->gemv_max_m() && kc::gemv_supports(h_, L.wgu, T, 2 * inter, H)) {
+      kc::gemv_gate_up_silu(h_, L.wgu, act_, T, inter, H, stream_);  // decode at small batch: one pass
+    } else {
+      gemm_->matmul_xwt(h_, L.wgu, gu_, T, 2 * inter, H, stream_);
+      if (L.bgu != nullptr) kc::add_bias(gu_, L.bgu, T, 2 * inter, stream_);
+      kc::silu_mul(gu_, act_, T, inter, stream_);
+    }
     gemm_->matmul_xwt(act_, L.wdown, x_, T, H, inter, stream_);
     if (L.bdown != nullptr) kc::add_bias(x_, L.bdown, T, H, stream_);
   }

@@ -239,8 +239,25 @@ TEST(CudaOps, GemvMatchesReference) {
       kref::matmul_xwt(x.ref.data(), w.ref.data(), nullptr, ref.data(), m, n, k);
       const std::string what =
           "gemv m=" + std::to_string(m) + " n=" + std::to_string(n) + " k=" + std::to_string(k);
-      expect_close(to_float(d_y.download()), ref, 2e-2f, 1e-2f, 5e-3, what.c_str());
-      expect_close(d_y32.download(), ref, 1e-3f, 1e-3f, 1e-4, (what + " fp32 out").c_str());
+      expect_close(to_float(d_y.download()), ref, 2e-2f, 1e-2f, 5e-3, what);
+      expect_close(d_y32.download(), ref, 1e-3f, 1e-3f, 1e-4, what + " fp32 out");
+    }
+  }
+  // The fused gate/up + SiLU-and-multiply: the reference rounds gate and up to bf16 (the unfused path
+  // stores them as bf16) before silu_mul.
+  for (int m = 1; m <= kc::kGemvMaxM; ++m) {
+    for (const auto& [inter, k] : {std::pair<int, int>{5, 64}, {300, 4096}, {1000, 264}}) {
+      auto x = random_bf16(rng, static_cast<size_t>(m) * k),
+           w = random_bf16(rng, static_cast<size_t>(2 * inter) * k, 0.05f);
+      device_buffer<bf16> d_x(x.dev), d_w(w.dev), d_act(static_cast<size_t>(m) * inter);
+      d_act.poison();
+      kc::gemv_gate_up_silu(d_x.get(), d_w.get(), d_act.get(), m, inter, k, nullptr);
+      std::vector<float> gu(static_cast<size_t>(m) * 2 * inter), ref(static_cast<size_t>(m) * inter);
+      kref::matmul_xwt(x.ref.data(), w.ref.data(), nullptr, gu.data(), m, 2 * inter, k);
+      for (float& v : gu) v = round_bf16(v);
+      kref::silu_mul(gu.data(), ref.data(), m, inter);
+      expect_close(to_float(d_act.download()), ref, 2e-2f, 1e-2f, 5e-3,
+                   "gemv_gate_up_silu m=" + std::to_string(m) + " inter=" + std::to_string(inter));
     }
   }
   EXPECT_FALSE(kc::gemv_supports(nullptr, nullptr, kc::kGemvMaxM + 1, 16, 64));
