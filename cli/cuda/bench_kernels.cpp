@@ -205,26 +205,12 @@ int run(const std::vector<std::string>& args) {
                       flops / (ms * 1e-3) / 1e12, ms, 0});
     }
   }
-  {  // Decode: batch 64, 4096-token contexts, 32 q / 8 kv heads, D128. Bytes: every K and V row once.
-    attention_setup s(64, 1, 4096, 32, 8, 128, 20);
-    const double bytes = 2.0 * 64 * 4096 * 8 * 128 * 2;
-    auto add = [&](const std::string& name, const std::function<void()>& fn) {
-      const double ms = median_ms(fn, 3, iters);
-      figs.push_back({name, "TB/s", bytes / (ms * 1e-3) / 1e12, ms, copy_tbs});
-    };
-    add("paged_decode_b64_ctx4096_h32_kv8_d128", [&] { kc::paged_attention_decode(s.p, nullptr); });
-    add("flash_decode_b64_ctx4096_h32_kv8_d128", [&] { kc::flash_attention_decode(s.p, nullptr); });
-    for (int stages : {2, 3}) {
-      for (int splits : {0, 1, 2, 3, 4}) {
-        add("flash_decode_b64_ctx4096_h32_kv8_d128_stages" + std::to_string(stages) + "_splits" +
-                (splits == 0 ? std::string("auto") : std::to_string(splits)),
-            [&] { kc::flash_attention_decode(s.p, nullptr, splits, stages); });
-      }
-    }
-  }
-  {  // The shapes of the serving benches: batch 256 at ~520 keys (throughput), batch 1 at ~140 (latency).
-    for (const auto& [batch, ctx] : {std::pair<int, int>{256, 520}, std::pair<int, int>{1, 140}}) {
-      attention_setup s(batch, 1, ctx, 32, 8, 128, 40 + batch);
+  {  // Decode at three shapes: the (batch 64, 4096-token contexts), and the serving benches' (batch
+     // 256 at ~520 keys for throughput, batch 1 at ~140 for latency); 32 q / 8 kv heads, D128. Bytes:
+     // every K and V row once. Each flash kernel at its chosen split count and at fixed ones.
+    using kc::flash_decode_kernel;
+    for (const auto& [batch, ctx] : {std::pair<int, int>{64, 4096}, {256, 520}, {1, 140}}) {
+      attention_setup s(batch, 1, ctx, 32, 8, 128, 20 + batch);
       const double bytes = 2.0 * batch * ctx * 8 * 128 * 2;
       const std::string shape = "_b" + std::to_string(batch) + "_ctx" + std::to_string(ctx) + "_h32_kv8_d128";
       auto add = [&](const std::string& name, const std::function<void()>& fn) {
@@ -232,13 +218,19 @@ int run(const std::vector<std::string>& args) {
         figs.push_back({name, "TB/s", bytes / (ms * 1e-3) / 1e12, ms, copy_tbs});
       };
       add("paged_decode" + shape, [&] { kc::paged_attention_decode(s.p, nullptr); });
-      for (int stages : {2, 3}) {
+      add("flash_decode" + shape, [&] { kc::flash_attention_decode(s.p, nullptr); });
+      const std::pair<const char*, flash_decode_kernel> kernels[] = {
+          {"_warp_tiles", flash_decode_kernel::warp_tiles},
+          {"_block_tiles", flash_decode_kernel::block_tiles}};
+      for (const auto& [kname, kernel] : kernels) {
         for (int splits : {0, 1, 2, 3, 4}) {
-          add("flash_decode" + shape + "_stages" + std::to_string(stages) + "_splits" +
+          add("flash_decode" + shape + kname + "_splits" +
                   (splits == 0 ? std::string("auto") : std::to_string(splits)),
-              [&] { kc::flash_attention_decode(s.p, nullptr, splits, stages); });
+              [&, kernel = kernel] { kc::flash_attention_decode(s.p, nullptr, splits, kernel); });
         }
       }
+      add("flash_decode" + shape + "_block_tiles_stages3",
+          [&] { kc::flash_attention_decode(s.p, nullptr, 0, flash_decode_kernel::block_tiles, 3); });
     }
   }
   {  // Decode at batch 1 with a long context: the split-K path's reason to exist.

@@ -53,12 +53,13 @@ size_t attention_workspace_floats(int32_t num_tokens, int32_t num_heads, int32_t
 // of 2 m tiles each (fewer shared-memory reads per MMA, but 255 registers), 8 warps of 1 (2 blocks per
 // SM); 0 = the default (8, or 4 x 1 m tile at head_dim 256).
 void flash_attention_prefill(const attention_params& p, cudaStream_t stream, int warps_per_block = 0);
-// Short query runs (decode; any q_len works): 16-row tiles, keys split over blocks to fill the GPU.
-// num_splits 0 = choose from the shapes; stages: the K/V ring of 64-key tiles per block, 2 or 3
-// (0 = kFlashDecodeStages).
-constexpr int kFlashDecodeStages = 2;
+// Short query runs (decode; any q_len works): keys split over blocks to fill the GPU, num_splits 0 =
+// choose from the shapes. Two kernels: warp_tiles (the default where max_q_len * group <= 16 packed rows:
+// each warp streams its own 16-key tiles through a private cp.async ring) and block_tiles (16-row tiles,
+// four warps share 64-key tiles; `stages` 2 or 3 sets its ring, 0 = 2; any q_len).
+enum class flash_decode_kernel { automatic, warp_tiles, block_tiles };
 void flash_attention_decode(const attention_params& p, cudaStream_t stream, int num_splits = 0,
-                            int stages = 0);
+                            flash_decode_kernel kernel = flash_decode_kernel::automatic, int stages = 0);
 // Picks one of the two by max_q_len.
 void flash_attention(const attention_params& p, cudaStream_t stream);
 

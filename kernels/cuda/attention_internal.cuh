@@ -76,6 +76,23 @@ __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
   return *reinterpret_cast<const uint32_t*>(&v);
 }
 
+// Element offset of (row, 16-byte chunk) in a swizzled [rows, D] bf16 tile: 16-byte chunks XOR-permuted by
+// row so ldmatrix reads are free of bank conflicts. Rows of fewer than 8 chunks (head_dim 32) swizzle
+// within their 4 chunks.
+template <int D>
+constexpr int kSwizzleMask = (D / 8 < 8 ? D / 8 : 8) - 1;
+template <int D>
+__device__ __forceinline__ int swz(int row, int chunk) {
+  return row * D + ((chunk ^ (row & kSwizzleMask<D>)) << 3);
+}
+
+// 2^x; inputs here are <= 0 or -inf, where the approximate unit is exact enough (rel. error ~2^-22).
+__device__ __forceinline__ float fast_exp2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
+
 // Split-K workspace layout: part_o [num_splits, num_tokens * num_heads, head_dim] (normalized by its own
 // sum), then part_lse [num_splits, num_tokens * num_heads] (log2 of the sum of exp2 of scaled scores; -inf
 // for a split that saw no key).
@@ -90,6 +107,12 @@ __host__ __device__ inline split_views split_layout(float* workspace, int64_t ro
 inline int64_t split_floats(int64_t rows, int64_t head_dim, int num_splits) {
   return static_cast<int64_t>(num_splits) * rows * (head_dim + 1);
 }
+
+// The per-warp-pipelined decode kernel (flash_decode.cu): up to 16 packed query rows per (sequence, kv
+// head), num_splits key splits whose partials the caller merges. Resident blocks on `sms` SMs (head_dim
+// 128 instance).
+int flash_decode_warp_resident_blocks(int sms);
+void flash_decode_warp(const attention_params& p, int num_splits, cudaStream_t stream);
 
 // out[row] = sum_s 2^(lse_s - max) * part_o[s, row] / sum_s 2^(lse_s - max)
 void merge_splits(split_views parts, __nv_bfloat16* out, int64_t rows, int head_dim, int num_splits,

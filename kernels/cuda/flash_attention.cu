@@ -45,22 +45,6 @@ struct flash_cfg {
 
 constexpr int kTableCache = 256;  // block ids a decode block stages in shared memory (4096 keys at 16)
 
-// Element offset of (row, 16-byte chunk) in a swizzled [rows, D] bf16 tile.
-// Rows of fewer than 8 chunks (head_dim 32) swizzle within their 4 chunks.
-template <int D>
-constexpr int kSwizzleMask = (D / 8 < 8 ? D / 8 : 8) - 1;
-template <int D>
-__device__ __forceinline__ int swz(int row, int chunk) {
-  return row * D + ((chunk ^ (row & kSwizzleMask<D>)) << 3);
-}
-
-// 2^x; inputs here are <= 0 or -inf, where the approximate unit is exact enough (rel. error ~2^-22).
-__device__ __forceinline__ float fast_exp2(float x) {
-  float y;
-  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
-  return y;
-}
-
 template <int D, int kWarps, int kMTiles, bool kKeySplit, int kStages>
 __global__ void __launch_bounds__(kWarps * 32, kWarps == 8 && D <= 128 ? 2 : 1)
     flash_attention_kernel(attention_params p, int num_splits, int block_shift) {
@@ -476,8 +460,8 @@ void flash_attention_prefill(const attention_params& p, cudaStream_t stream, int
 
 namespace {
 
-// Blocks of the decode kernel resident on the whole GPU (head_dim 128 instance; the others differ little
-// for the split choice).
+// Blocks of the block-tile decode kernel resident on the whole GPU (head_dim 128 instance; the others
+// differ little for the split choice).
 template <int kStages>
 int decode_resident_blocks() {
   using C = flash_cfg<128, 4, 1, true, kStages>;
@@ -495,8 +479,8 @@ int decode_resident_blocks() {
 
 // Key splits per (sequence, kv head): the count whose grid fills its last wave best (a 1.5-wave grid idles
 // a quarter of the GPU), less a small charge per split for the partial outputs and the merge. A split keeps
-// at least two key tiles when the grid is large (a block's first tile is latency it cannot hide), down to
-// one tile per split when the grid is small (batch 1, where latency is all there is).
+// at least two 64-key tiles when the grid is large (a block's first tile is latency it cannot hide), down
+// to one when the grid is small (batch 1, where latency is all there is).
 int choose_decode_splits(int64_t blocks, int tiles, int resident) {
   const int min_tiles = blocks >= resident ? 2 : 1;
   const int max_splits = std::max(1, std::min(kFlashMaxSplits, tiles / min_tiles));
@@ -513,40 +497,67 @@ int choose_decode_splits(int64_t blocks, int tiles, int resident) {
   return splits;
 }
 
-template <int kStages>
-void decode_with_stages(const attention_params& p, int num_splits, cudaStream_t stream) {
-  const int tiles = std::max(1, (p.max_context_len + 63) / 64);
-  if (num_splits <= 0) {
-    num_splits = choose_decode_splits(static_cast<int64_t>(p.num_seqs) * p.num_kv_heads, tiles,
-                                      decode_resident_blocks<kStages>());
-  }
+// Clamps a split count to the key tiles and to what the workspace holds.
+int fit_splits(const attention_params& p, int num_splits, int tiles) {
   num_splits = std::max(1, std::min({num_splits, tiles, kFlashMaxSplits}));
   const int64_t rows = static_cast<int64_t>(p.num_tokens) * p.num_heads;
   while (num_splits > 1 &&
          static_cast<size_t>(split_floats(rows, p.head_dim, num_splits)) > p.workspace_floats) {
     --num_splits;
   }
-  TROUPE_DISPATCH_HEAD_DIM(p.head_dim, [&] {
-    launch_flash<kHeadDim, 4, 1, true, kStages>(p, num_splits, stream);
-    if (num_splits > 1) {
-      merge_splits(split_layout(p.workspace, rows, kHeadDim, num_splits), p.out, rows, kHeadDim, num_splits,
-                   stream);
-    }
-  });
+  return num_splits;
+}
+
+void merge_if_split(const attention_params& p, int num_splits, cudaStream_t stream) {
+  if (num_splits <= 1) return;
+  const int64_t rows = static_cast<int64_t>(p.num_tokens) * p.num_heads;
+  merge_splits(split_layout(p.workspace, rows, p.head_dim, num_splits), p.out, rows, p.head_dim, num_splits,
+               stream);
+}
+
+template <int kStages>
+void decode_block_tiles(const attention_params& p, int num_splits, cudaStream_t stream) {
+  const int tiles = std::max(1, (p.max_context_len + 63) / 64);
+  if (num_splits <= 0) {
+    num_splits = choose_decode_splits(static_cast<int64_t>(p.num_seqs) * p.num_kv_heads, tiles,
+                                      decode_resident_blocks<kStages>());
+  }
+  num_splits = fit_splits(p, num_splits, tiles);
+  TROUPE_DISPATCH_HEAD_DIM(p.head_dim,
+                           [&] { launch_flash<kHeadDim, 4, 1, true, kStages>(p, num_splits, stream); });
+  merge_if_split(p, num_splits, stream);
+}
+
+void decode_warp_tiles(const attention_params& p, int num_splits, cudaStream_t stream) {
+  const int tiles = std::max(1, (p.max_context_len + 63) / 64);  // 64 keys: one 16-key tile per warp
+  if (num_splits <= 0) {
+    num_splits = choose_decode_splits(static_cast<int64_t>(p.num_seqs) * p.num_kv_heads, tiles,
+                                      flash_decode_warp_resident_blocks(sm_count()));
+  }
+  num_splits = fit_splits(p, num_splits, tiles);
+  flash_decode_warp(p, num_splits, stream);
+  merge_if_split(p, num_splits, stream);
 }
 
 }  // namespace
 
-void flash_attention_decode(const attention_params& p, cudaStream_t stream, int num_splits, int stages) {
+void flash_attention_decode(const attention_params& p, cudaStream_t stream, int num_splits,
+                            flash_decode_kernel kernel, int stages) {
   check_params(p);
   TROUPE_KERNEL_REQUIRE(stages == 0 || stages == 2 || stages == 3,
                         "flash decode: stages " << stages << " not in {0, 2, 3}");
   if (p.num_tokens == 0) return;
-  switch (stages == 0 ? kFlashDecodeStages : stages) {
-    case 2:
-      return decode_with_stages<2>(p, num_splits, stream);
-    default:
-      return decode_with_stages<3>(p, num_splits, stream);
+  const int group = p.num_heads / p.num_kv_heads;
+  const bool fits_warp_tiles = static_cast<int64_t>(p.max_q_len) * group <= 16;
+  TROUPE_KERNEL_REQUIRE(
+      kernel != flash_decode_kernel::warp_tiles || fits_warp_tiles,
+      "flash decode (warp tiles): max_q_len " << p.max_q_len << " x group " << group << " > 16 rows");
+  if (kernel != flash_decode_kernel::block_tiles && fits_warp_tiles) {
+    decode_warp_tiles(p, num_splits, stream);
+  } else if (stages == 3) {
+    decode_block_tiles<3>(p, num_splits, stream);
+  } else {
+    decode_block_tiles<2>(p, num_splits, stream);
   }
 }
 

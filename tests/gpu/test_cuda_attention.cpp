@@ -27,11 +27,12 @@ struct attn_case {
 enum class attn_impl {
   flash_prefill4,
   flash_prefill8,
-  flash_decode,
-  flash_decode_split3,
-  flash_decode_stages3,
-  flash_decode_split1,
-  flash_decode_stages3_split5,
+  flash_decode,         // the default: warp tiles where the rows fit
+  flash_decode_split3,  // warp tiles, 3 splits
+  flash_decode_split1,  // warp tiles, one split (long contexts: block ids past the shared-memory cache)
+  flash_decode_block,   // block tiles, 2 stages
+  flash_decode_block_stages3_split5,
+  flash_decode_block_split1,
   paged_decode
 };
 
@@ -45,12 +46,14 @@ const char* name_of(attn_impl i) {
       return "flash_decode";
     case attn_impl::flash_decode_split3:
       return "flash_decode(3 splits)";
-    case attn_impl::flash_decode_stages3:
-      return "flash_decode(3 stages)";
     case attn_impl::flash_decode_split1:
       return "flash_decode(1 split)";
-    case attn_impl::flash_decode_stages3_split5:
-      return "flash_decode(3 stages, 5 splits)";
+    case attn_impl::flash_decode_block:
+      return "flash_decode(block tiles)";
+    case attn_impl::flash_decode_block_stages3_split5:
+      return "flash_decode(block tiles, 3 stages, 5 splits)";
+    case attn_impl::flash_decode_block_split1:
+      return "flash_decode(block tiles, 1 split)";
     case attn_impl::paged_decode:
       return "paged_decode";
   }
@@ -112,6 +115,7 @@ void run_case(const attn_case& c, attn_impl impl, uint32_t seed) {
   p.block_size = c.block_size;
   p.scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
   p.sliding_window = c.sliding_window;
+  using kc::flash_decode_kernel;
   switch (impl) {
     case attn_impl::flash_prefill4:
       kc::flash_attention_prefill(p, nullptr, 4);
@@ -123,16 +127,19 @@ void run_case(const attn_case& c, attn_impl impl, uint32_t seed) {
       kc::flash_attention_decode(p, nullptr);
       break;
     case attn_impl::flash_decode_split3:
-      kc::flash_attention_decode(p, nullptr, 3);
-      break;
-    case attn_impl::flash_decode_stages3:
-      kc::flash_attention_decode(p, nullptr, 0, 3);
+      kc::flash_attention_decode(p, nullptr, 3, flash_decode_kernel::warp_tiles);
       break;
     case attn_impl::flash_decode_split1:
-      kc::flash_attention_decode(p, nullptr, 1);
+      kc::flash_attention_decode(p, nullptr, 1, flash_decode_kernel::warp_tiles);
       break;
-    case attn_impl::flash_decode_stages3_split5:
-      kc::flash_attention_decode(p, nullptr, 5, 3);
+    case attn_impl::flash_decode_block:
+      kc::flash_attention_decode(p, nullptr, 0, flash_decode_kernel::block_tiles);
+      break;
+    case attn_impl::flash_decode_block_stages3_split5:
+      kc::flash_attention_decode(p, nullptr, 5, flash_decode_kernel::block_tiles, 3);
+      break;
+    case attn_impl::flash_decode_block_split1:
+      kc::flash_attention_decode(p, nullptr, 1, flash_decode_kernel::block_tiles);
       break;
     case attn_impl::paged_decode:
       kc::paged_attention_decode(p, nullptr);
@@ -173,27 +180,9 @@ TEST_P(FlashPrefill, RaggedBatchWithCachedPrefixes) {
   uint32_t seed = 100 + d;
   // Whole prompts, a chunk after a cached prefix, a single-token decode row and a tiny prompt, mixed.
   attn_case c{{200, 77, 1, 3, 130}, {200, 301, 517, 3, 1000}, 8, 2, d, 16, 0};
-  for (attn_impl impl : {attn_impl::flash_prefill4, attn_impl::flash_prefill8}) {
-    run_case(c, impl, seed++);
-    run_case({{129, 64}, {129, 64}, 4, 4, d, 16, 0}, impl, seed++);     // MHA, exact tile edges
-    run_case({{150, 40}, {150, 300}, 8, 1, d, 32, 0}, impl, seed++);    // MQA, block size 32
-    run_case({{300, 90}, {300, 333}, 8, 2, d, 16, 100}, impl, seed++);  // sliding window
-  }
-}
-INSTANTIATE_TEST_SUITE_P(HeadDims, FlashPrefill, ::testing::Values(32, 64, 128, 256));
-
-class Decode : public ::testing::TestWithParam<int> {};
-
-TEST_P(Decode, FlashAndPagedMatchReference) {
-  TROUPE_SKIP_WITHOUT_GPU();
-  const int d = GetParam();
-  uint32_t seed = 200 + d;
-  // Contexts on both sides of a paged partition (512) and of a flash key tile (64), batch of 6.
-  const std::vector<int> ctx{1, 63, 64, 511, 1300, 2100};
-  const std::vector<int> ones(ctx.size(), 1);
   for (attn_impl impl :
-       {attn_impl::flash_decode, attn_impl::flash_decode_split3, attn_impl::flash_decode_stages3,
-        attn_impl::flash_decode_stages3_split5, attn_impl::paged_decode}) {
+       {attn_impl::flash_decode, attn_impl::flash_decode_split3, attn_impl::flash_decode_block,
+        attn_impl::flash_decode_block_stages3_split5, attn_impl::paged_decode}) {
     for (const auto& [h, kvh] : {std::pair<int, int>{8, 2}, {8, 8}, {8, 1}, {32, 8}}) {
       if (impl == attn_impl::paged_decode && h / kvh > d / 8)
         continue;  // refused: see RefusesUnsupportedShapes
@@ -201,11 +190,15 @@ TEST_P(Decode, FlashAndPagedMatchReference) {
     }
     run_case({ones, ctx, 8, 2, d, 16, 700}, impl, seed++);  // sliding window
   }
-  // One split over 4500 keys: more block ids than a decode block stages in shared memory (it reads the
-  // table from global memory then).
-  run_case({{1, 1}, {4500, 70}, 8, 2, d, 16, 0}, attn_impl::flash_decode_split1, seed++);
-  // Flash decode also takes short multi-token runs (speculative decode, small chunks).
+  // One split over more block ids than a decode block stages in shared memory (1024 for warp tiles, 256
+  // for block tiles): the kernels read the table from global memory then.
+  run_case({{1, 1}, {17000, 70}, 8, 2, d, 16, 0}, attn_impl::flash_decode_split1, seed++);
+  run_case({{1, 1}, {4500, 70}, 8, 2, d, 16, 0}, attn_impl::flash_decode_block_split1, seed++);
+  // Flash decode also takes short multi-token runs (speculative decode, small chunks): 3 x 4 rows fit
+  // the warp-tile kernel; 5 x 4 go to block tiles.
   run_case({{2, 3, 1}, {700, 90, 5}, 8, 2, d, 16, 0}, attn_impl::flash_decode, seed++);
+  run_case({{2, 3, 1}, {700, 90, 5}, 8, 2, d, 16, 0}, attn_impl::flash_decode_block, seed++);
+  run_case({{5, 1}, {300, 40}, 8, 2, d, 16, 0}, attn_impl::flash_decode, seed++);
 }
 INSTANTIATE_TEST_SUITE_P(HeadDims, Decode, ::testing::Values(32, 64, 128, 256));
 

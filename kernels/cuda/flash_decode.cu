@@ -1,0 +1,328 @@
+// Flash-decoding with per-warp pipelines: the decode kernel of the flash plugin (up to 16 packed query
+// rows per (sequence, kv head): one decode token of a GQA group of <= 16 heads, or a short run).
+//
+// Decode is bound by reading K and V once. The tile-per-block kernel (flash_attention.cu, kKeySplit) stages
+// one 64-key tile for all four warps and meets at two block barriers per tile, so a slow load stalls every
+// warp. Here each warp owns whole 16-key tiles (tiles warp, warp + 4, ... of the block's key range) in a
+// private cp.async ring of kStages tiles: it waits only for its own copies (wait_group + __syncwarp) and
+// keeps kStages - 1 tiles in flight. The four warps' (m, l, O) merge through shared memory once at the end;
+// splits of the key range over blocks merge through detail::merge_splits as before.
+// S = Q K^T and O += P V run on m16n8k16 MMAs (the 16 query rows are the m dimension), softmax online in the
+// log2 domain, shared-memory tiles XOR-swizzled in 16-byte chunks (ldmatrix without bank conflicts).
+#include <cuda_bf16.h>
+
+#include <algorithm>
+#include <cmath>
+
+#include "kernels/cuda/attention.h"
+#include "kernels/cuda/attention_internal.cuh"
+#include "kernels/cuda/check.h"
+
+namespace troupe::kernels::cuda {
+
+using namespace detail;
+using bf16 = __nv_bfloat16;
+
+namespace {
+
+constexpr int kWarps = 4;
+constexpr int kKeys = 16;          // keys per warp tile
+constexpr int kTableCache = 1024;  // block ids staged in shared memory (16384 keys at block size 16)
+
+template <int D, int kStages>
+struct warp_decode_cfg {
+  static constexpr int kTileElems = kKeys * D;  // one K or V tile
+  static constexpr int kRingElems = kStages * 2 * kTileElems;
+  static constexpr int kSmemBytes = (16 * D + kWarps * kRingElems) * 2;
+  static_assert(kWarps * 16 * (D + 2) * 4 <= kSmemBytes, "merge scratch must fit");
+};
+
+template <int D, int kStages>
+__global__ void __launch_bounds__(kWarps * 32)
+    flash_decode_warp_kernel(attention_params p, int num_splits, int block_shift) {
+  using C = warp_decode_cfg<D, kStages>;
+  constexpr int kChunks = D / 8;
+  extern __shared__ __align__(128) unsigned char smem_raw[];
+  __shared__ int32_t s_table[kTableCache];
+  const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
+  bf16* sq = reinterpret_cast<bf16*>(smem_raw);     // [16, D]
+  bf16* ring = sq + 16 * D + warp * C::kRingElems;  // [kStages][K tile, V tile], this warp's
+  const int seq = blockIdx.y / num_splits, split = blockIdx.y % num_splits;
+  const int kv_head = blockIdx.x;
+  const int group = p.num_heads / p.num_kv_heads;
+  const int q0 = p.query_start[seq];
+  const int q_len = p.query_start[seq + 1] - q0;
+  const int rows_total = q_len * group;  // <= 16 (checked by the launcher through max_q_len)
+  const int ctx = p.context_lens[seq];
+  const int pos_base = ctx - q_len;
+  const int window = p.sliding_window;
+  const int t_first = window > 0 ? max(0, pos_base - window + 1) / kKeys : 0;
+  const int t_last = (ctx + kKeys - 1) / kKeys;
+  const int per_split = (t_last - t_first + num_splits - 1) / num_splits;
+  const int t_begin = t_first + split * per_split;
+  const int t_end = min(t_last, t_begin + per_split);
+  const int64_t out_rows = static_cast<int64_t>(p.num_tokens) * p.num_heads;
+  const split_views parts = split_layout(p.workspace, out_rows, D, num_splits);
+  if (q_len <= 0) return;
+  if (t_begin >= t_end) {  // an empty split still tells the merge it saw nothing
+    if (num_splits > 1) {
+      for (int r = tid; r < rows_total; r += blockDim.x) {
+        const int64_t orow = static_cast<int64_t>(q0 + r / group) * p.num_heads + kv_head * group + r % group;
+        parts.part_lse[split * out_rows + orow] = -INFINITY;
+      }
+    }
+    return;
+  }
+  const int32_t* table = p.block_tables + static_cast<int64_t>(seq) * p.max_blocks_per_seq;
+  const int blk_first = (t_begin * kKeys) / p.block_size;
+  const int n_blk = (min(t_end * kKeys, ctx) - 1) / p.block_size - blk_first + 1;
+  const bool table_cached = n_blk <= kTableCache;
+  if (table_cached) {
+    for (int i = tid; i < n_blk; i += blockDim.x) s_table[i] = table[blk_first + i];
+  }
+  const int64_t q_stride = p.q_stride > 0 ? p.q_stride : static_cast<int64_t>(p.num_heads) * D;
+  for (int c = tid; c < 16 * kChunks; c += blockDim.x) {
+    const int r = c / kChunks, ch = c % kChunks;
+    const bool valid = r < rows_total;
+    const int64_t off =
+        valid ? static_cast<int64_t>(q0 + r / group) * q_stride + (kv_head * group + r % group) * D + ch * 8
+              : 0;
+    cp_async16(sq + swz<D>(r, ch), p.q + off, valid);
+  }
+  cp_async_commit();
+  __syncthreads();  // s_table
+
+  // One warp tile: 16 keys of K and of V, 2 * 16 * kChunks 16-byte copies spread over the lanes.
+  auto load_tile = [&](int t, bf16* dst) {
+#pragma unroll
+    for (int c = lane; c < kKeys * kChunks; c += 32) {
+      const int r = c / kChunks, ch = c % kChunks, j = t * kKeys + r;
+      const bool valid = j < ctx;  // rows past the context are zero-filled: P (=0) * V must not be NaN
+      int64_t off = 0;
+      if (valid) {
+        const int blk = block_shift >= 0 ? j >> block_shift : j / p.block_size;
+        const int in_blk = block_shift >= 0 ? j & (p.block_size - 1) : j % p.block_size;
+        const int32_t id = table_cached ? s_table[blk - blk_first] : table[blk];
+        off = ((static_cast<int64_t>(id) * p.block_size + in_blk) * p.num_kv_heads + kv_head) * D + ch * 8;
+      }
+      cp_async16(dst + swz<D>(r, ch), p.k_cache + off, valid);
+      cp_async16(dst + C::kTileElems + swz<D>(r, ch), p.v_cache + off, valid);
+    }
+  };
+  // Prologue: this warp's first kStages - 1 tiles, one commit group each (possibly empty).
+#pragma unroll
+  for (int st = 0; st < kStages - 1; ++st) {
+    const int t = t_begin + warp + kWarps * st;
+    if (t < t_end) load_tile(t, ring + st * 2 * C::kTileElems);
+    cp_async_commit();
+  }
+  cp_async_wait<kStages - 1>();  // the Q group (the first) landed for this thread ...
+  __syncthreads();               // ... and for every thread
+
+  const float scale_log2 = p.scale * 1.4426950408889634f;
+  const int g = lane / 4, tq = lane % 4;
+  const uint32_t sq_u32 = static_cast<uint32_t>(__cvta_generic_to_shared(sq));
+  const uint32_t ring_u32 = static_cast<uint32_t>(__cvta_generic_to_shared(ring));
+  uint32_t q_off[4], k_off[4], v_off[4];
+#pragma unroll
+  for (int c = 0; c < 4; ++c) {
+    const int x = lane & kSwizzleMask<D>;
+    q_off[c] = (lane % 16) * D * 2 + (((c * 2 + lane / 16) ^ x) << 4);
+    k_off[c] = ((lane / 16) * 8 + lane % 8) * D * 2 + (((c * 2 + (lane / 8) % 2) ^ x) << 4);
+    v_off[c] = (((lane / 8) % 2) * 8 + lane % 8) * D * 2 + (((c * 2 + lane / 16) ^ x) << 4);
+  }
+  int row_pos[2];  // positions of this thread's rows g and g + 8; -1 = padding
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const int r = g + 8 * h;
+    row_pos[h] = r < rows_total ? pos_base + r / group : -1;
+  }
+  const int min_pos = pos_base;
+  float o[D / 8][4];
+#pragma unroll
+  for (int dn = 0; dn < D / 8; ++dn)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) o[dn][e] = 0.0f;
+  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
+
+  for (int i = 0, t = t_begin + warp; t < t_end; ++i, t += kWarps) {
+    const int stage = i % kStages;
+    cp_async_wait<kStages - 2>();  // tile i landed for this lane ...
+    __syncwarp();                  // ... and every lane; all are done with tile i - 1's stage
+    {
+      const int tn = t + kWarps * (kStages - 1);
+      if (tn < t_end) load_tile(tn, ring + ((i + kStages - 1) % kStages) * 2 * C::kTileElems);
+      cp_async_commit();
+    }
+    const uint32_t k_stage = ring_u32 + stage * 2 * C::kTileElems * 2;
+    const uint32_t v_stage = k_stage + C::kTileElems * 2;
+
+    float s[2][4];
+#pragma unroll
+    for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) s[nt][e] = 0.0f;
+    static_for<D / 16>([&](auto ks_c) {
+      constexpr int ks = decltype(ks_c)::value;
+      constexpr int kChunkImm = (ks / 4) * 128;  // the swizzle only permutes chunks within groups of 8
+      uint32_t qa[4], kb[4];
+      ldmatrix_x4_at<kChunkImm>(qa, sq_u32 + q_off[ks % 4]);
+      ldmatrix_x4_at<kChunkImm>(kb, k_stage + k_off[ks % 4]);
+      mma_bf16(s[0], qa, kb[0], kb[1]);
+      mma_bf16(s[1], qa, kb[2], kb[3]);
+    });
+
+    // Masks only where the tile crosses the context end (or the diagonal of a multi-token run) or the
+    // window start.
+    const bool need_mask = (t + 1) * kKeys - 1 > min_pos || (window > 0 && t * kKeys <= ctx - 1 - window);
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int pos = row_pos[h];
+      float mx = -INFINITY;
+#pragma unroll
+      for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          float& v = s[nt][2 * h + e];
+          if (need_mask) {
+            const int key = t * kKeys + nt * 8 + 2 * tq + e;
+            if (key > pos || (window > 0 && key <= pos - window)) v = -INFINITY;
+          }
+          mx = fmaxf(mx, v);
+        }
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+      const float m_new = fmaxf(m[h], mx * scale_log2);
+      const float m_use = m_new == -INFINITY ? 0.0f : m_new;  // a row with no key yet stays all-zero
+      const float corr = fast_exp2(m[h] - m_use);
+      m[h] = m_new;
+      float sum = 0.0f;
+#pragma unroll
+      for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          float& v = s[nt][2 * h + e];
+          v = fast_exp2(v * scale_log2 - m_use);
+          sum += v;
+        }
+      l[h] = l[h] * corr + sum;
+#pragma unroll
+      for (int dn = 0; dn < D / 8; ++dn) {
+        o[dn][2 * h] *= corr;
+        o[dn][2 * h + 1] *= corr;
+      }
+    }
+
+    uint32_t pa[4];
+    pa[0] = pack_bf16(s[0][0], s[0][1]);
+    pa[1] = pack_bf16(s[0][2], s[0][3]);
+    pa[2] = pack_bf16(s[1][0], s[1][1]);
+    pa[3] = pack_bf16(s[1][2], s[1][3]);
+    static_for<D / 16>([&](auto dp_c) {
+      constexpr int dp = decltype(dp_c)::value;
+      uint32_t vb[4];
+      ldmatrix_x4_trans_at<(dp / 4) * 128>(vb, v_stage + v_off[dp % 4]);
+      mma_bf16(o[2 * dp], pa, vb[0], vb[1]);
+      mma_bf16(o[2 * dp + 1], pa, vb[2], vb[3]);
+    });
+  }
+
+  // Row sums over the quad, then the four warps' (m, l, O) merge through shared memory (the rings are
+  // free once every copy has landed) and warp 0 writes the result.
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    l[h] += __shfl_xor_sync(0xffffffffu, l[h], 1);
+    l[h] += __shfl_xor_sync(0xffffffffu, l[h], 2);
+  }
+  cp_async_wait<0>();
+  __syncthreads();
+  float* scratch_o = reinterpret_cast<float*>(smem_raw);  // [kWarps, 16, D]
+  float* scratch_ml = scratch_o + kWarps * 16 * D;        // [kWarps, 16, 2]
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const int r = g + 8 * h;
+    float* dst = scratch_o + (warp * 16 + r) * D + 2 * tq;
+#pragma unroll
+    for (int dn = 0; dn < D / 8; ++dn)
+      *reinterpret_cast<float2*>(dst + dn * 8) = make_float2(o[dn][2 * h], o[dn][2 * h + 1]);
+    if (tq == 0) {
+      scratch_ml[(warp * 16 + r) * 2] = m[h];
+      scratch_ml[(warp * 16 + r) * 2 + 1] = l[h];
+    }
+  }
+  __syncthreads();
+  // All 128 threads finish the merge: thread tid owns row tid / 8 and the D / 8 columns (tid % 8) + 8 c.
+  const int r = tid / 8, c0 = tid % 8;
+  if (r >= rows_total) return;
+  float mx = -INFINITY;
+#pragma unroll
+  for (int w = 0; w < kWarps; ++w) mx = fmaxf(mx, scratch_ml[(w * 16 + r) * 2]);
+  const float m_use = mx == -INFINITY ? 0.0f : mx;
+  float wt[kWarps], sum = 0.0f;
+#pragma unroll
+  for (int w = 0; w < kWarps; ++w) {
+    wt[w] = fast_exp2(scratch_ml[(w * 16 + r) * 2] - m_use);
+    sum += wt[w] * scratch_ml[(w * 16 + r) * 2 + 1];
+  }
+  const float inv = sum > 0.0f ? 1.0f / sum : 0.0f;
+  const int64_t orow = static_cast<int64_t>(q0 + r / group) * p.num_heads + kv_head * group + r % group;
+  for (int c = c0; c < D; c += 8) {
+    float acc = 0.0f;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) acc += wt[w] * scratch_o[(w * 16 + r) * D + c];
+    if (num_splits == 1) {
+      p.out[orow * D + c] = __float2bfloat16(acc * inv);
+    } else {
+      parts.part_o[(split * out_rows + orow) * D + c] = acc * inv;
+    }
+  }
+  if (num_splits > 1 && c0 == 0)
+    parts.part_lse[split * out_rows + orow] = sum > 0.0f ? mx + log2f(sum) : -INFINITY;
+}
+
+template <int D, int kStages>
+void launch(const attention_params& p, int num_splits, cudaStream_t stream) {
+  using C = warp_decode_cfg<D, kStages>;
+  auto kernel = flash_decode_warp_kernel<D, kStages>;
+  static bool configured = false;  // the attribute is per function; once per process suffices
+  if (!configured) {
+    TROUPE_CUDA_CHECK(
+        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, C::kSmemBytes));
+    configured = true;
+  }
+  const int block_shift = (p.block_size & (p.block_size - 1)) == 0 ? __builtin_ctz(p.block_size) : -1;
+  const dim3 grid(p.num_kv_heads, p.num_seqs * num_splits);
+  kernel<<<grid, kWarps * 32, C::kSmemBytes, stream>>>(p, num_splits, block_shift);
+  TROUPE_CUDA_CHECK_LAUNCH();
+}
+
+// Ring depth per head dim: 3 tiles (2 in flight per warp) while two blocks still fit an SM, 2 at 256.
+template <int D>
+constexpr int kWarpStages = D >= 256 ? 2 : 3;
+
+}  // namespace
+
+namespace detail {
+
+int flash_decode_warp_resident_blocks(int sms) {
+  using C = warp_decode_cfg<128, kWarpStages<128>>;
+  static const int per_sm = [] {
+    int n = 0;
+    auto kernel = flash_decode_warp_kernel<128, kWarpStages<128>>;
+    TROUPE_CUDA_CHECK(
+        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, C::kSmemBytes));
+    TROUPE_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernel, kWarps * 32, C::kSmemBytes));
+    return std::max(1, n);
+  }();
+  return per_sm * sms;
+}
+
+int flash_decode_warp_tile_keys() { return kKeys * kWarps; }
+
+void flash_decode_warp(const attention_params& p, int num_splits, cudaStream_t stream) {
+  TROUPE_DISPATCH_HEAD_DIM(p.head_dim,
+                           [&] { launch<kHeadDim, kWarpStages<kHeadDim>>(p, num_splits, stream); });
+}
+
+}  // namespace detail
+}  // namespace troupe::kernels::cuda
