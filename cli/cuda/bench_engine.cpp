@@ -25,10 +25,10 @@ struct step_inputs {
 
 int run_engine_bench(const std::string& mode, int default_batch, int default_input, int default_output,
                      const std::vector<std::string>& args) {
-  arg_parser ap(
-      "bench " + mode,
-      {"model", "batch", "input-len", "output-len", "attention", "max-batched-tokens", "block-size"},
-      {"random-weights", "json", "host-logits", "enforce-eager"});
+  arg_parser ap("bench " + mode,
+                {"model", "batch", "input-len", "output-len", "attention", "max-batched-tokens", "block-size",
+                 "max-graph-batch"},
+                {"random-weights", "json", "host-logits", "enforce-eager"});
   ap.parse(args);
   const std::string model = ap.get_or("model", "configs/models/llama-3.1-8b/config.json");
   const int B = static_cast<int>(ap.get_int("batch").value_or(default_batch));
@@ -39,6 +39,7 @@ int run_engine_bench(const std::string& mode, int default_batch, int default_inp
   opt.attention = ap.get_or("attention", "flash");
   opt.random_weights = ap.has("random-weights");
   opt.cuda_graphs = !ap.has("enforce-eager");
+  opt.max_graph_batch = static_cast<int32_t>(ap.get_int("max-graph-batch").value_or(opt.max_graph_batch));
   opt.block_size = static_cast<int32_t>(ap.get_int("block-size").value_or(16));
   const int bs = opt.block_size;
   const int blocks_per_seq = (P + G + bs - 1) / bs;

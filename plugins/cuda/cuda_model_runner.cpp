@@ -363,17 +363,17 @@ void cuda_model_runner::launch_model(const step_shape& sh) {
 }
 
 namespace {
-// Decode batch sizes with a captured graph; a step of S sequences runs the smallest bucket >= S, padded.
-// Larger batches launch eagerly: their step (>= 7 ms for an 8B model) hides the launches, and the
-// context bucket's wider attention grid cost more than the launches saved (H200: batch 256 at 15.5k
-// tok/s with graphs vs 16.3k eager; batch 1 4.92 vs 5.15 ms/token).
-constexpr int32_t kGraphBatches[] = {1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128};
+// Decode batch sizes with a captured graph; a step of S sequences runs the smallest bucket >= S, padded,
+// up to options.max_graph_batch. (With the block-tile decode kernel, buckets past 128 cost more than the
+// launches saved: the context bucket widened its split grid. The warp-tile kernel keeps one split at
+// large batches, so the buckets go to 256 again.)
+constexpr int32_t kGraphBatches[] = {1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 224, 256};
 }  // namespace
 
 bool cuda_model_runner::run_graph(const forward_batch& b, int32_t max_ctx) {
   const int32_t S = b.num_seqs;
   if (!opt_.cuda_graphs || cfg_.rope.type == rope_type::dynamic || b.num_tokens != S || b.num_logits != S ||
-      S > kGraphBatches[std::size(kGraphBatches) - 1]) {
+      S > kGraphBatches[std::size(kGraphBatches) - 1] || S > opt_.max_graph_batch) {
     return false;
   }
   for (int32_t s = 0; s < S; ++s) {

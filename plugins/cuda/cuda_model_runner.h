@@ -37,6 +37,8 @@ struct cuda_runner_options {
   // bucket and context bucket instead of ~12 launches per layer. Off: every step launches (vLLM's
   // enforce_eager).
   bool cuda_graphs = true;
+  // Largest decode batch that replays a graph (buckets up to 256); larger batches launch eagerly.
+  int32_t max_graph_batch = 256;
 };
 
 class cuda_model_runner final : public model_runner {
