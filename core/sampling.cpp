@@ -12,6 +12,7 @@
 
 #include "core/error.h"
 #include "core/rng.h"
+#include "core/sampling_weight.h"
 
 namespace troupe {
 
@@ -291,12 +292,13 @@ sample_result sampler::sample(const float* logits, int32_t vocab_size, const sam
     // Top-k first, on the logits alone, so that exp runs only for its survivors (the others get w = 0).
     const int32_t k = (p.top_k > 0 && p.top_k < vocab_size) ? p.top_k : vocab_size;
     int32_t cutoff = k < vocab_size ? mth_best(adj, vocab_size, k, vals) : -1;  // last kept, rank order
-    float* w = work;  // unnormalized probabilities: the maximum has w == 1 exactly
+    // Unnormalized probabilities (the maximum has w == 1 exactly), computed as the CUDA sampler does.
+    float* w = work;
     if (cutoff < 0) {
-      for (size_t i = 0; i < v; ++i) w[i] = std::exp(adj[i] - mx);
+      for (size_t i = 0; i < v; ++i) w[i] = sampling_weight(adj[i], mx);
     } else {
       for (int32_t i = 0; i < vocab_size; ++i)
-        w[i] = at_or_before(adj, i, cutoff) ? std::exp(adj[i] - mx) : 0.0f;
+        w[i] = at_or_before(adj, i, cutoff) ? sampling_weight(adj[i], mx) : 0.0f;
     }
     if (p.top_p < 1.0f) cutoff = top_p_cutoff(adj, w, vals, ids, vocab_size, k, p.top_p);
     const ranks_before rank{adj};

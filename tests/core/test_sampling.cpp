@@ -7,6 +7,7 @@
 
 #include "core/error.h"
 #include "core/sampling.h"
+#include "core/sampling_weight.h"
 
 namespace troupe {
 namespace {
@@ -323,7 +324,7 @@ TEST(sampler, top_p_on_a_large_vocab_matches_a_full_sort) {
   std::vector<float> adj(kVocab), w(kVocab);
   for (int32_t i = 0; i < kVocab; ++i) adj[i] = logits[i] / p.temperature;
   const float mx = *std::max_element(adj.begin(), adj.end());
-  for (int32_t i = 0; i < kVocab; ++i) w[i] = std::exp(adj[i] - mx);
+  for (int32_t i = 0; i < kVocab; ++i) w[i] = sampling_weight(adj[i], mx);
   std::vector<int32_t> order(kVocab);
   std::iota(order.begin(), order.end(), 0);
   std::stable_sort(order.begin(), order.end(), [&](int32_t a, int32_t b) { return adj[a] > adj[b]; });
