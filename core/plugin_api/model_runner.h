@@ -6,6 +6,7 @@
 #include <stdexcept>
 
 #include "core/model_config.h"
+#include "core/sampling.h"
 
 namespace troupe {
 
@@ -29,6 +30,19 @@ struct forward_batch {
   int32_t num_logits = 0;
 };
 
+// One draw on the device: what sampler::sample reads for one sampled sequence. Views owned by the caller,
+// valid for the duration of forward_sample().
+struct device_sample_row {
+  int32_t logits_row = 0;  // index among the batch's logits rows (the n > 1 children of a fork share one)
+  const sampling_params* params = nullptr;
+  uint64_t seed = 0;                    // the request's seed (see sampler::sample)
+  uint64_t step = 0;                    // index of the output token being drawn: the RNG counter
+  const int32_t* prompt_ids = nullptr;  // [num_prompt_ids]: history for the repetition penalty
+  const int32_t* output_ids = nullptr;  // [num_output_ids]: history for all three penalties
+  int32_t num_prompt_ids = 0;
+  int32_t num_output_ids = 0;
+};
+
 class model_runner {
  public:
   virtual ~model_runner() = default;
@@ -39,15 +53,18 @@ class model_runner {
   // (host memory, fp32).
   virtual void forward(const forward_batch& batch, float* logits) = 0;
 
-  // Backends that can reduce greedy rows where the logits live say so here, and then implement
-  // forward_greedy: for each logits row i with greedy[i] != 0, ids[i] = the argmax (the lowest id among
-  // equal maxima, as sampler::sample picks) and logprobs[i] = its raw log-softmax (ids[i] = -1 when the row
-  // holds a NaN or +inf); the other rows' logits go to `logits`, packed in row order ([rows without
-  // greedy, vocab_size], host fp32). A greedy step then moves 8 bytes per sequence instead of a row.
-  virtual bool samples_greedy_on_device() const { return false; }
-  virtual void forward_greedy(const forward_batch& batch, const uint8_t* greedy, float* logits, int32_t* ids,
-                              float* logprobs) {
-    (void)batch, (void)greedy, (void)logits, (void)ids, (void)logprobs;
+  // Backends that sample where the logits live say so here, and then implement forward_sample: the model
+  // as in forward(), then for each row i the draw sampler::sample would make from logits row
+  // rows[i].logits_row with rows[i]'s parameters, history, seed and step: ids[i] (-1 when the row's logits
+  // hold a NaN or +inf, or are all -inf, or the penalized temperature-scaled maximum is not finite),
+  // logprobs[i] (its raw log-softmax), and top[i * sampling_max_logprobs + j] for j < min(logprobs,
+  // vocab_size) (the best raw logprobs, descending, ties by lower id). No logits row leaves the device.
+  virtual bool samples_on_device() const { return false; }
+  virtual void forward_sample(const forward_batch& batch, const device_sample_row* rows, int32_t num_rows,
+                              int32_t* ids,          // [num_rows]
+                              float* logprobs,       // [num_rows]
+                              token_logprob* top) {  // [num_rows, sampling_max_logprobs]
+    (void)batch, (void)rows, (void)num_rows, (void)ids, (void)logprobs, (void)top;
     throw std::logic_error("this backend does not sample on its device");
   }
   // Copies whole KV blocks src[i] -> dst[i] (copy-on-write of shared partial blocks).

@@ -7,15 +7,6 @@
 
 namespace troupe {
 
-namespace {
-// What a device argmax reproduces exactly: greedy, no penalties (they need the token history), no top
-// logprobs (they need the row).
-bool device_greedy_ok(const sampling_params& p) {
-  return p.is_greedy() && p.repetition_penalty == 1.0f && p.frequency_penalty == 0.0f &&
-         p.presence_penalty == 0.0f && p.logprobs == 0;
-}
-}  // namespace
-
 sampled_token step_executor::sample_one(const float* row, mirror& m, int64_t seq_id) {
   const int32_t vocab = runner_.config().vocab_size;
   sample_result r =
@@ -119,63 +110,90 @@ step_result step_executor::execute(const step_plan& plan) {
   b.num_seqs = static_cast<int32_t>(plan.seqs.size());
   b.max_blocks_per_seq = max_blocks;
   b.num_logits = static_cast<int32_t>(rows_.size());
-  const int32_t vocab = runner_.config().vocab_size;
-  // Greedy rows without penalties or top logprobs can be reduced on the device (argmax + its logprob):
-  // then only the other rows' logits travel back.
-  const bool on_device = runner_.samples_greedy_on_device();
-  size_t host_rows = rows_.size();
-  if (on_device) {
-    greedy_.assign(rows_.size(), 0);
-    size_t r = 0;
-    host_rows = 0;
-    for (size_t i = 0; i < plan.seqs.size(); ++i) {
-      if (!plan.seqs[i].sample) continue;
-      greedy_[r] = device_greedy_ok(*active_[i]->params) ? 1 : 0;
-      host_rows += !greedy_[r];
-      ++r;
-    }
-    dev_ids_.resize(rows_.size());
-    dev_logprobs_.resize(rows_.size());
-  }
-  logits_.resize(host_rows * static_cast<size_t>(vocab));
-  if (on_device) {
-    runner_.forward_greedy(b, greedy_.data(), logits_.data(), dev_ids_.data(), dev_logprobs_.data());
+  if (runner_.samples_on_device()) {
+    forward_and_sample_on_device(plan, b, res);
   } else {
+    const int32_t vocab = runner_.config().vocab_size;
+    logits_.resize(rows_.size() * static_cast<size_t>(vocab));
     runner_.forward(b, logits_.data());
+    size_t row = 0;
+    for (size_t i = 0; i < plan.seqs.size(); ++i) {
+      const seq_step& st = plan.seqs[i];
+      if (!st.sample) continue;
+      const float* lg = logits_.data() + row++ * static_cast<size_t>(vocab);
+      mirror& m = *active_[i];
+      TROUPE_CHECK_EQ(static_cast<int32_t>(m.outputs.size()), st.output_index) << "sequence" << st.seq_id;
+      // Children of an n > 1 fork start from the parent's state before its own token is appended.
+      for (size_t c = 0; c < st.fork_children.size(); ++c) {
+        mirror child = m;
+        child.seed = st.fork_seeds[c];
+        auto [it, inserted] = mirrors_.insert_or_assign(st.fork_children[c], std::move(child));
+        (void)inserted;
+        res.samples.push_back(sample_one(lg, it->second, st.fork_children[c]));
+      }
+      res.samples.push_back(sample_one(lg, m, st.seq_id));
+    }
   }
+  res.forward_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  return res;
+}
 
-  size_t row = 0, host_row = 0;
+void step_executor::forward_and_sample_on_device(const step_plan& plan, const forward_batch& b,
+                                                 step_result& res) {
+  dev_rows_.clear();
+  dev_targets_.clear();
+  auto add = [&](mirror& m, int64_t seq_id, int32_t logits_row) {
+    device_sample_row d;
+    d.logits_row = logits_row;
+    d.params = m.params.get();
+    d.seed = m.seed;
+    d.step = m.outputs.size();
+    d.prompt_ids = m.prompt.data();
+    d.output_ids = m.outputs.data();
+    d.num_prompt_ids = static_cast<int32_t>(m.prompt.size());
+    d.num_output_ids = static_cast<int32_t>(m.outputs.size());
+    dev_rows_.push_back(d);
+    dev_targets_.emplace_back(&m, seq_id);
+  };
+  int32_t row = 0;
   for (size_t i = 0; i < plan.seqs.size(); ++i) {
     const seq_step& st = plan.seqs[i];
     if (!st.sample) continue;
-    const size_t r = row++;
-    const bool dev = on_device && greedy_[r];
-    const float* lg = dev ? nullptr : logits_.data() + host_row++ * static_cast<size_t>(vocab);
     mirror& m = *active_[i];
     TROUPE_CHECK_EQ(static_cast<int32_t>(m.outputs.size()), st.output_index) << "sequence" << st.seq_id;
-    auto draw = [&](mirror& mm, int64_t id) {
-      if (!dev) return sample_one(lg, mm, id);
-      TROUPE_CHECK_GE(dev_ids_[r], 0) << "sequence" << id << ": a logit is NaN or +inf";
-      sampled_token t;
-      t.seq_id = id;
-      t.token = dev_ids_[r];
-      t.logprob = mm.params->need_logprob ? dev_logprobs_[r] : 0.0f;
-      mm.outputs.push_back(t.token);
-      return t;
-    };
-    // Children of an n > 1 fork start from the parent's state before its own token is appended.
+    // Children of an n > 1 fork copy the parent's state before its own token is appended and draw from the
+    // same logits row. The map's nodes stay put when it rehashes, so &m and the histories stay valid.
     for (size_t c = 0; c < st.fork_children.size(); ++c) {
       mirror child = m;
       child.seed = st.fork_seeds[c];
       auto [it, inserted] = mirrors_.insert_or_assign(st.fork_children[c], std::move(child));
       (void)inserted;
-      res.samples.push_back(draw(it->second, st.fork_children[c]));
+      add(it->second, st.fork_children[c], row);
     }
-    mirror& m2 = mirrors_.at(st.seq_id);  // insert_or_assign may rehash: look the parent up again
-    res.samples.push_back(draw(m2, st.seq_id));
+    add(m, st.seq_id, row);
+    ++row;
   }
-  res.forward_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  return res;
+  const size_t n = dev_rows_.size();
+  dev_ids_.resize(n);
+  dev_logprobs_.resize(n);
+  if (dev_top_.size() < n * sampling_max_logprobs) dev_top_.resize(n * sampling_max_logprobs);
+  runner_.forward_sample(b, dev_rows_.data(), static_cast<int32_t>(n), dev_ids_.data(), dev_logprobs_.data(),
+                         dev_top_.data());
+  const int32_t vocab = runner_.config().vocab_size;
+  for (size_t k = 0; k < n; ++k) {
+    auto [m, seq_id] = dev_targets_[k];
+    const sampling_params& p = *m->params;
+    TROUPE_CHECK_GE(dev_ids_[k], 0) << "sequence" << seq_id
+                                    << ": a logit is NaN or +inf, or the scaled maximum is not finite";
+    sampled_token t;
+    t.seq_id = seq_id;
+    t.token = dev_ids_[k];
+    t.logprob = p.need_logprob || p.logprobs > 0 ? dev_logprobs_[k] : 0.0f;  // as sampler::sample
+    const auto* top = dev_top_.data() + k * sampling_max_logprobs;
+    t.top.assign(top, top + std::min(p.logprobs, vocab));
+    m->outputs.push_back(t.token);
+    res.samples.push_back(std::move(t));
+  }
 }
 
 }  // namespace troupe

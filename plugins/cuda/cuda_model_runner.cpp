@@ -611,4 +611,15 @@ void cuda_model_runner::forward_greedy(const forward_batch& b, const uint8_t* gr
   }
 }
 
+void cuda_model_runner::forward_sample(const forward_batch& b, const device_sample_row* rows,
+                                       int32_t num_rows, int32_t* ids, float* logprobs, token_logprob* top) {
+  run_to_logits(b);
+  if (num_rows == 0) {
+    TROUPE_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    return;
+  }
+  if (!sampler_) sampler_ = std::make_unique<cuda_sampler>(cfg_.vocab_size);
+  sampler_->sample(logits_, b.num_logits, rows, num_rows, ids, logprobs, top, stream_);
+}
+
 }  // namespace troupe

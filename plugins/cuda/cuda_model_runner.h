@@ -16,6 +16,7 @@
 #include "core/model_config.h"
 #include "core/plugin_api/model_runner.h"
 #include "kernels/cuda/ops.h"
+#include "plugins/cuda/cuda_sampler.h"
 
 namespace troupe {
 
@@ -53,9 +54,14 @@ class cuda_model_runner final : public model_runner {
   int32_t block_size() const override { return block_size_; }
   int32_t num_kv_blocks() const override { return num_blocks_; }
   void forward(const forward_batch& batch, float* logits) override;
-  bool samples_greedy_on_device() const override { return true; }
+  bool samples_on_device() const override { return true; }
+  void forward_sample(const forward_batch& batch, const device_sample_row* rows, int32_t num_rows,
+                      int32_t* ids, float* logprobs, token_logprob* top) override;
+  // For `troupe bench`: rows with greedy[i] != 0 get the argmax and its logprob in ids[i] and logprobs[i];
+  // the other rows' logits go to `logits`, packed in row order ([rows without greedy, vocab_size], host
+  // fp32).
   void forward_greedy(const forward_batch& batch, const uint8_t* greedy, float* logits, int32_t* ids,
-                      float* logprobs) override;
+                      float* logprobs);
   void copy_blocks(const int32_t* src, const int32_t* dst, int32_t n) override;
   void reserve_host_blocks(int32_t num_slots) override;
   void swap_out(const int32_t* src, const int32_t* dst, int32_t n) override;
@@ -124,6 +130,7 @@ class cuda_model_runner final : public model_runner {
   int32_t* greedy_ids_host_ = nullptr;  // pinned copies of the two above
   float* greedy_lp_host_ = nullptr;
   size_t greedy_host_cap_ = 0;
+  std::unique_ptr<cuda_sampler> sampler_;  // forward_sample's, made on first use
   // The model up to the logits of the wanted rows, in logits_ on the device (stream not synchronized).
   void run_to_logits(const forward_batch& batch);
   // A step's sizes and its inputs on the device.
