@@ -180,6 +180,24 @@ TEST_P(FlashPrefill, RaggedBatchWithCachedPrefixes) {
   uint32_t seed = 100 + d;
   // Whole prompts, a chunk after a cached prefix, a single-token decode row and a tiny prompt, mixed.
   attn_case c{{200, 77, 1, 3, 130}, {200, 301, 517, 3, 1000}, 8, 2, d, 16, 0};
+  for (attn_impl impl : {attn_impl::flash_prefill4, attn_impl::flash_prefill8}) {
+    run_case(c, impl, seed++);
+    run_case({{129, 64}, {129, 64}, 4, 4, d, 16, 0}, impl, seed++);     // MHA, exact tile edges
+    run_case({{150, 40}, {150, 300}, 8, 1, d, 32, 0}, impl, seed++);    // MQA, block size 32
+    run_case({{300, 90}, {300, 333}, 8, 2, d, 16, 100}, impl, seed++);  // sliding window
+  }
+}
+INSTANTIATE_TEST_SUITE_P(HeadDims, FlashPrefill, ::testing::Values(32, 64, 128, 256));
+
+class Decode : public ::testing::TestWithParam<int> {};
+
+TEST_P(Decode, FlashAndPagedMatchReference) {
+  TROUPE_SKIP_WITHOUT_GPU();
+  const int d = GetParam();
+  uint32_t seed = 200 + d;
+  // Contexts on both sides of a paged partition (512) and of a flash key tile (64), batch of 6.
+  const std::vector<int> ctx{1, 63, 64, 511, 1300, 2100};
+  const std::vector<int> ones(ctx.size(), 1);
   for (attn_impl impl :
        {attn_impl::flash_decode, attn_impl::flash_decode_split3, attn_impl::flash_decode_block,
         attn_impl::flash_decode_block_stages3_split5, attn_impl::paged_decode}) {
