@@ -6,6 +6,7 @@
 
 #include "kernels/cuda/check.h"
 #include "kernels/cuda/ops.h"
+#include "kernels/cuda/pdl.h"
 
 namespace troupe::kernels::cuda {
 
@@ -53,6 +54,7 @@ __device__ float block_sum(float v) {
 }
 
 __global__ void embedding_kernel(const int32_t* ids, const bf16x8* table, bf16x8* out, int64_t vecs_per_row) {
+  pdl_wait();
   const int64_t r = blockIdx.x;
   const bf16x8* src = table + static_cast<int64_t>(ids[r]) * vecs_per_row;
   for (int64_t i = threadIdx.x; i < vecs_per_row; i += blockDim.x) out[r * vecs_per_row + i] = src[i];
@@ -80,6 +82,7 @@ __device__ __forceinline__ void store8(f32x8* p, int64_t i, float (&f)[8]) {
 template <typename R>
 __global__ void add_rms_norm_kernel(R* residual, const bf16x8* x, const bf16x8* w, bf16x8* y,
                                     int64_t vecs_per_row, int64_t dim, float eps) {
+  pdl_wait();
   const int64_t r = blockIdx.x;
   R* res = residual + r * vecs_per_row;
   float ss = 0.0f;
@@ -148,6 +151,7 @@ __global__ void silu_mul_kernel(const bf16x8* gate_up, bf16x8* out, int64_t rows
 // head_dim 32 only 16 lanes have a pair.
 template <int kHeadDim>
 __global__ void rope_write_kv_kernel(rope_write_kv_params p) {
+  pdl_wait();
   constexpr int kHalf = kHeadDim / 2;
   constexpr int kLanesUsed = kHalf < 32 ? kHalf : 32;
   constexpr int kPairs = kHalf / kLanesUsed;
@@ -250,29 +254,26 @@ void embedding(const int32_t* ids, const bf16* table, bf16* out, int64_t rows, i
                cudaStream_t stream) {
   TROUPE_KERNEL_REQUIRE(dim % 8 == 0, "embedding: dim " << dim << " is not a multiple of 8");
   if (rows == 0) return;
-  embedding_kernel<<<static_cast<unsigned>(rows), threads_for(dim / 8), 0, stream>>>(
-      ids, reinterpret_cast<const bf16x8*>(table), reinterpret_cast<bf16x8*>(out), dim / 8);
-  TROUPE_CUDA_CHECK_LAUNCH();
+  launch_pdl(embedding_kernel, dim3(static_cast<unsigned>(rows)), dim3(threads_for(dim / 8)), 0, stream, ids,
+             reinterpret_cast<const bf16x8*>(table), reinterpret_cast<bf16x8*>(out), dim / 8);
 }
 
 void add_rms_norm(bf16* residual, const bf16* x, const bf16* w, bf16* y, int64_t rows, int64_t dim, float eps,
                   cudaStream_t stream) {
   TROUPE_KERNEL_REQUIRE(dim % 8 == 0, "add_rms_norm: dim " << dim << " is not a multiple of 8");
   if (rows == 0) return;
-  add_rms_norm_kernel<<<static_cast<unsigned>(rows), threads_for(dim / 8), 0, stream>>>(
-      reinterpret_cast<bf16x8*>(residual), reinterpret_cast<const bf16x8*>(x),
-      reinterpret_cast<const bf16x8*>(w), reinterpret_cast<bf16x8*>(y), dim / 8, dim, eps);
-  TROUPE_CUDA_CHECK_LAUNCH();
+  launch_pdl(add_rms_norm_kernel<bf16x8>, dim3(static_cast<unsigned>(rows)), dim3(threads_for(dim / 8)), 0,
+             stream, reinterpret_cast<bf16x8*>(residual), reinterpret_cast<const bf16x8*>(x),
+             reinterpret_cast<const bf16x8*>(w), reinterpret_cast<bf16x8*>(y), dim / 8, dim, eps);
 }
 
 void add_rms_norm(float* residual, const bf16* x, const bf16* w, bf16* y, int64_t rows, int64_t dim,
                   float eps, cudaStream_t stream) {
   TROUPE_KERNEL_REQUIRE(dim % 8 == 0, "add_rms_norm: dim " << dim << " is not a multiple of 8");
   if (rows == 0) return;
-  add_rms_norm_kernel<<<static_cast<unsigned>(rows), threads_for(dim / 8), 0, stream>>>(
-      reinterpret_cast<f32x8*>(residual), reinterpret_cast<const bf16x8*>(x),
-      reinterpret_cast<const bf16x8*>(w), reinterpret_cast<bf16x8*>(y), dim / 8, dim, eps);
-  TROUPE_CUDA_CHECK_LAUNCH();
+  launch_pdl(add_rms_norm_kernel<f32x8>, dim3(static_cast<unsigned>(rows)), dim3(threads_for(dim / 8)), 0,
+             stream, reinterpret_cast<f32x8*>(residual), reinterpret_cast<const bf16x8*>(x),
+             reinterpret_cast<const bf16x8*>(w), reinterpret_cast<bf16x8*>(y), dim / 8, dim, eps);
 }
 
 void head_rms_norm(bf16* x, const bf16* w, int64_t rows, int64_t row_stride, int64_t num_heads,
@@ -317,8 +318,8 @@ void rope_write_kv(const rope_write_kv_params& p, cudaStream_t stream) {
   const int64_t warps = p.rows * (p.num_heads + 2 * p.num_kv_heads);
   if (warps == 0) return;
   TROUPE_DISPATCH_HEAD_DIM(p.head_dim, [&] {
-    rope_write_kv_kernel<kHeadDim><<<static_cast<unsigned>((warps + 3) / 4), 128, 0, stream>>>(p);
-    TROUPE_CUDA_CHECK_LAUNCH();
+    launch_pdl(rope_write_kv_kernel<kHeadDim>, dim3(static_cast<unsigned>((warps + 3) / 4)), dim3(128), 0,
+               stream, p);
   });
 }
 

@@ -14,6 +14,7 @@
 #include "kernels/cuda/attention.h"
 #include "kernels/cuda/attention_internal.cuh"
 #include "kernels/cuda/check.h"
+#include "kernels/cuda/pdl.h"
 
 namespace troupe::kernels::cuda {
 
@@ -370,6 +371,7 @@ __global__ void __launch_bounds__(kWarps * 32, kWarps == 8 && D <= 128 ? 2 : 1)
 
 __global__ void merge_splits_kernel(split_views parts, bf16* out, int64_t rows, int head_dim,
                                     int num_splits) {
+  pdl_wait();
   const int64_t row = blockIdx.x;
   float mx = -INFINITY;
   for (int s = 0; s < num_splits; ++s) mx = fmaxf(mx, parts.part_lse[s * rows + row]);
@@ -427,9 +429,8 @@ namespace detail {
 void merge_splits(split_views parts, bf16* out, int64_t rows, int head_dim, int num_splits,
                   cudaStream_t stream) {
   if (rows == 0) return;
-  merge_splits_kernel<<<static_cast<unsigned>(rows), std::min(head_dim, 256), 0, stream>>>(
-      parts, out, rows, head_dim, num_splits);
-  TROUPE_CUDA_CHECK_LAUNCH();
+  launch_pdl(merge_splits_kernel, dim3(static_cast<unsigned>(rows)), dim3(std::min(head_dim, 256)), 0, stream,
+             parts, out, rows, head_dim, num_splits);
 }
 }  // namespace detail
 
@@ -482,6 +483,7 @@ int decode_resident_blocks() {
 // at least two 64-key tiles when the grid is large (a block's first tile is latency it cannot hide), down
 // to one when the grid is small (batch 1, where latency is all there is).
 int choose_decode_splits(int64_t blocks, int tiles, int resident) {
+  if (tiles <= 4) return 1;  // <= 256 keys: splitting saves less than the merge launch costs
   const int min_tiles = blocks >= resident ? 2 : 1;
   const int max_splits = std::max(1, std::min(kFlashMaxSplits, tiles / min_tiles));
   double best = -1e30;

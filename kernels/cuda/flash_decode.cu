@@ -17,6 +17,7 @@
 #include "kernels/cuda/attention.h"
 #include "kernels/cuda/attention_internal.cuh"
 #include "kernels/cuda/check.h"
+#include "kernels/cuda/pdl.h"
 
 namespace troupe::kernels::cuda {
 
@@ -42,6 +43,7 @@ __global__ void __launch_bounds__(kWarps * 32)
     flash_decode_warp_kernel(attention_params p, int num_splits, int block_shift) {
   using C = warp_decode_cfg<D, kStages>;
   constexpr int kChunks = D / 8;
+  pdl_wait();
   extern __shared__ __align__(128) unsigned char smem_raw[];
   __shared__ int32_t s_table[kTableCache];
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
@@ -227,6 +229,7 @@ __global__ void __launch_bounds__(kWarps * 32)
     });
   }
 
+  pdl_trigger();
   // Row sums over the quad, then the four warps' (m, l, O) merge through shared memory (the rings are
   // free once every copy has landed) and warp 0 writes the result.
 #pragma unroll
@@ -292,8 +295,7 @@ void launch(const attention_params& p, int num_splits, cudaStream_t stream) {
   }
   const int block_shift = (p.block_size & (p.block_size - 1)) == 0 ? __builtin_ctz(p.block_size) : -1;
   const dim3 grid(p.num_kv_heads, p.num_seqs * num_splits);
-  kernel<<<grid, kWarps * 32, C::kSmemBytes, stream>>>(p, num_splits, block_shift);
-  TROUPE_CUDA_CHECK_LAUNCH();
+  launch_pdl(kernel, grid, dim3(kWarps * 32), C::kSmemBytes, stream, p, num_splits, block_shift);
 }
 
 // Ring depth per head dim: 3 tiles (2 in flight per warp) while two blocks still fit an SM, 2 at 256.

@@ -30,7 +30,7 @@ void gemm_context::matmul_xwt_f32(const bf16* x, const bf16* w, float* y, int64_
 void gemm_context::run(const bf16* x, const bf16* w, void* y, bool f32_out, int64_t m, int64_t n, int64_t k,
                        cudaStream_t stream) {
   if (m == 0 || n == 0) return;
-  if (m <= gemv_max_m_ && gemv_supports(x, w, m, n, k)) {
+  if (m <= gemv_max_m_ && (m == 1 || k <= 4096) && gemv_supports(x, w, m, n, k)) {
     if (f32_out) {
       gemv_xwt_f32(x, w, static_cast<float*>(y), m, n, k, stream);
     } else {

@@ -2,7 +2,7 @@
 // w once. cuBLASLt's kernels for these shapes read the weights at 60-83 % of HBM bandwidth and add a
 // split-K reduce launch (measured with ncu on an H100, Llama-3.1-8B shapes at m = 1); here a warp owns
 // one row of w (four when m > 1), streams it with 16-byte loads that skip L1 (several in flight per lane),
-// and dots it with every row of x, which stays in L1/L2 (x is at most 8 x 14336 bf16). fp32 accumulation,
+// and dots it with every row of x, which stays in L1/L2 (x is at most 4 x 14336 bf16). fp32 accumulation,
 // one warp reduction per output.
 #include <cuda_bf16.h>
 
@@ -10,6 +10,7 @@
 
 #include "kernels/cuda/check.h"
 #include "kernels/cuda/ops.h"
+#include "kernels/cuda/pdl.h"
 
 namespace troupe::kernels::cuda {
 namespace {
@@ -65,6 +66,14 @@ __global__ void __launch_bounds__(kGemvWarps * 32)
     const int out = min(row0 + r % kR, n - 1);
     wr[r] = reinterpret_cast<const uint4*>(w + static_cast<int64_t>(r < kR ? out : n + out) * k);
   }
+  // Before the previous kernel has finished (programmatic dependent launch): pull the first chunks of this
+  // warp's weight rows into L2, which reads nothing that kernel writes.
+#pragma unroll
+  for (int r = 0; r < kRows; ++r)
+#pragma unroll
+    for (int u = 0; u < kU; ++u)
+      if (lane + 32 * u < chunks) asm volatile("prefetch.global.L2 [%0];" ::"l"(wr[r] + lane + 32 * u));
+  pdl_wait();
   const uint4* xr = reinterpret_cast<const uint4*>(x);
   float acc[kRows][M];
 #pragma unroll
@@ -98,6 +107,7 @@ __global__ void __launch_bounds__(kGemvWarps * 32)
       for (int r = 0; r < kRows; ++r) acc[r][m] = dot8(wv[r], xv, acc[r][m]);
     }
   }
+  pdl_trigger();
 #pragma unroll
   for (int r = 0; r < kRows; ++r)
 #pragma unroll
@@ -125,8 +135,8 @@ template <int M, bool kGated, typename OutT>
 void launch_gemv_m(const bf16* x, const bf16* w, OutT* y, int64_t n, int64_t k, cudaStream_t stream) {
   constexpr int kR = M == 1 ? 1 : (kGated ? 2 : 4);
   const dim3 grid(static_cast<unsigned>((n + kGemvWarps * kR - 1) / (kGemvWarps * kR)));
-  gemv_kernel<M, kR, kGated, OutT>
-      <<<grid, kGemvWarps * 32, 0, stream>>>(x, w, y, static_cast<int>(n), static_cast<int>(k));
+  launch_pdl(gemv_kernel<M, kR, kGated, OutT>, grid, dim3(kGemvWarps * 32), 0, stream, x, w, y,
+             static_cast<int>(n), static_cast<int>(k));
 }
 
 template <bool kGated, typename OutT>
@@ -141,10 +151,6 @@ void launch_gemv(const bf16* x, const bf16* w, OutT* y, int64_t m, int64_t n, in
     TROUPE_GEMV_CASE(2)
     TROUPE_GEMV_CASE(3)
     TROUPE_GEMV_CASE(4)
-    TROUPE_GEMV_CASE(5)
-    TROUPE_GEMV_CASE(6)
-    TROUPE_GEMV_CASE(7)
-    TROUPE_GEMV_CASE(8)
 #undef TROUPE_GEMV_CASE
     default:
       TROUPE_KERNEL_REQUIRE(false, "gemv: m " << m << " not in [1, " << kGemvMaxM << "]");

@@ -6,6 +6,7 @@
 #include "core/rng.h"
 #include "core/sampling_weight.h"
 #include "kernels/cuda/check.h"
+#include "kernels/cuda/pdl.h"
 #include "kernels/cuda/sampling.h"
 
 namespace troupe::kernels::cuda {
@@ -65,6 +66,7 @@ __device__ __forceinline__ arg_state shfl_down(const arg_state& s, int delta) {
 // shared-memory reduction combine the states; ties resolve to the lower id at every merge.
 __global__ void argmax_logprob_kernel(const float* __restrict__ logits, int64_t vocab,
                                       int32_t* __restrict__ ids, float* __restrict__ logprobs) {
+  pdl_wait();
   const float* row = logits + static_cast<int64_t>(blockIdx.x) * vocab;
   arg_state s{-INFINITY, INT32_MAX, 0.0f, 0};
   const bool aligned = (reinterpret_cast<uintptr_t>(row) & 15) == 0;
@@ -111,8 +113,8 @@ void argmax_logprob(const float* logits, int64_t rows, int64_t vocab, int32_t* i
                     cudaStream_t stream) {
   if (rows == 0) return;
   if (vocab <= 0 || vocab > INT32_MAX) raise_cuda("argmax_logprob", "vocab out of range", __FILE__, __LINE__);
-  argmax_logprob_kernel<<<static_cast<unsigned>(rows), kThreads, 0, stream>>>(logits, vocab, ids, logprobs);
-  TROUPE_CUDA_CHECK_LAUNCH();
+  launch_pdl(argmax_logprob_kernel, dim3(static_cast<unsigned>(rows)), dim3(kThreads), 0, stream, logits,
+             vocab, ids, logprobs);
 }
 
 namespace {

@@ -310,8 +310,9 @@ void cuda_model_runner::launch_model(const step_shape& sh) {
   const bool paged_decode = opt_.attention == "paged" && sh.max_q == 1;
 
   // residual = 0 + embedding (exact in fp32), then layer 0's norm: the same fused kernel as every layer.
-  kc::embedding(sh.d_tokens, embed_, x_, T, H, stream_);
+  // (The memset first: kernels after it start as programmatic dependents of the kernel before them.)
   TROUPE_CUDA_CHECK(cudaMemsetAsync(residual_, 0, T * H * sizeof(float), stream_));
+  kc::embedding(sh.d_tokens, embed_, x_, T, H, stream_);
   for (int32_t l = 0; l < c.num_layers; ++l) {
     layer& L = layers_[l];
     kc::add_rms_norm(residual_, x_, L.ln1, h_, T, H, eps, stream_);

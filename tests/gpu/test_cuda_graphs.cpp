@@ -7,6 +7,7 @@
 #include <random>
 
 #include "core/offline_engine.h"
+#include "kernels/cuda/pdl.h"
 #include "plugins/cuda/cuda_model_runner.h"
 #include "tests/gpu/gpu_test_util.h"
 
@@ -69,6 +70,35 @@ TEST(CudaGraphs, DecodeFromGraphsEqualsEagerSteps) {
         for (size_t t = 0; t < eager[i].token_logprobs.size(); ++t) {
           EXPECT_NEAR(graphs[i].token_logprobs[t], eager[i].token_logprobs[t], kTol) << what << " step " << t;
         }
+      }
+    }
+  }
+}
+
+// Programmatic dependent launch only lets a kernel start before the previous one finished; every kernel
+// waits for its inputs, so the results must be bit-identical with it off (a kernel that read or wrote
+// before its pdl_wait() would race and show here).
+TEST(CudaGraphs, ProgrammaticDependentLaunchChangesNoBit) {
+  TROUPE_SKIP_WITHOUT_GPU();
+  std::mt19937 rng(12);
+  std::uniform_int_distribution<int32_t> tok(3, 1000);
+  std::vector<std::vector<int32_t>> prompts;
+  for (int n : {7, 130, 40}) {
+    std::vector<int32_t> p(n);
+    for (auto& x : p) x = tok(rng);
+    prompts.push_back(p);
+  }
+  for (const std::string model : {"llama_gqa", "qwen3"}) {
+    for (bool graphs : {true, false}) {
+      kernels::cuda::set_pdl_enabled(false);
+      const auto off = run(model, graphs, "flash", prompts, 16);
+      kernels::cuda::set_pdl_enabled(true);
+      const auto on = run(model, graphs, "flash", prompts, 16);
+      ASSERT_EQ(on.size(), off.size());
+      for (size_t i = 0; i < on.size(); ++i) {
+        const std::string what = model + (graphs ? " graphs" : " eager") + " seq " + std::to_string(i);
+        EXPECT_EQ(on[i].ids, off[i].ids) << what;
+        EXPECT_EQ(on[i].token_logprobs, off[i].token_logprobs) << what;
       }
     }
   }
