@@ -14,6 +14,7 @@
 
 #include "cli/args.h"
 #include "cli/bench.h"
+#include "core/sampling.h"
 #include "plugins/cuda/cuda_model_runner.h"
 
 namespace troupe::cli {
@@ -27,7 +28,7 @@ int run_engine_bench(const std::string& mode, int default_batch, int default_inp
                      const std::vector<std::string>& args) {
   arg_parser ap("bench " + mode,
                 {"model", "batch", "input-len", "output-len", "attention", "max-batched-tokens", "block-size",
-                 "max-graph-batch"},
+                 "max-graph-batch", "temperature", "top-p", "top-k"},
                 {"random-weights", "json", "host-logits", "enforce-eager"});
   ap.parse(args);
   const std::string model = ap.get_or("model", "configs/models/llama-3.1-8b/config.json");
@@ -59,6 +60,16 @@ int run_engine_bench(const std::string& mode, int default_batch, int default_inp
   std::vector<uint8_t> greedy(B, 1);
   std::vector<int32_t> ids(B);
   std::vector<float> lps(B);
+  // --temperature (with --top-p / --top-k): every row is drawn by the device sampler (forward_sample) with
+  // these parameters, a seed per sequence and the step as the RNG counter; otherwise the device argmax.
+  const double temperature = ap.get_double("temperature").value_or(0.0);
+  sampling_params sp;
+  sp.temperature = static_cast<float>(temperature);
+  sp.top_p = static_cast<float>(ap.get_double("top-p").value_or(1.0));
+  sp.top_k = static_cast<int32_t>(ap.get_int("top-k").value_or(0));
+  const bool device_sampled = temperature > 0 && !host_logits;
+  std::vector<device_sample_row> sample_rows(B);
+  std::vector<token_logprob> top(static_cast<size_t>(B) * sampling_max_logprobs);
 
   // One step over sequences [s0, s1): tokens [from, to) of each.
   auto step = [&](int s0, int s1, int from, int to) {
@@ -89,6 +100,15 @@ int run_engine_bench(const std::string& mode, int default_batch, int default_inp
     const auto t0 = std::chrono::steady_clock::now();
     if (host_logits) {
       runner->forward(b, logits.data());  // returns after the logits reached the host
+    } else if (device_sampled) {
+      for (int i = 0; i < b.num_logits; ++i) {
+        device_sample_row& r = sample_rows[i];
+        r.logits_row = i;
+        r.params = &sp;
+        r.seed = static_cast<uint64_t>(s0 + i) + 1;
+        r.step = static_cast<uint64_t>(from);
+      }
+      runner->forward_sample(b, sample_rows.data(), b.num_logits, ids.data(), lps.data(), top.data());
     } else {
       runner->forward_greedy(b, greedy.data(), logits.data(), ids.data(), lps.data());
     }
@@ -126,8 +146,8 @@ int run_engine_bench(const std::string& mode, int default_batch, int default_inp
         "\"input_len\": %d, \"output_len\": %d, \"load_s\": %.2f, \"prefill_ms\": %.3f, "
         "\"decode_ms_per_step_median\": %.4f, \"decode_tokens_per_s\": %.1f}\n",
         mode.c_str(), model.c_str(), opt.random_weights ? "true" : "false", opt.attention.c_str(),
-        host_logits ? "host_logits" : "device_greedy", opt.cuda_graphs ? "true" : "false", B, P, G, load_s,
-        prefill_ms, med, tok_s);
+        host_logits ? "host_logits" : (device_sampled ? "device_sampled" : "device_greedy"),
+        opt.cuda_graphs ? "true" : "false", B, P, G, load_s, prefill_ms, med, tok_s);
   } else {
     std::printf("%s: %s (%s attention), batch %d, %d in / %d out\n", mode.c_str(), model.c_str(),
                 opt.attention.c_str(), B, P, G);
