@@ -219,6 +219,8 @@ __device__ __forceinline__ u128 load_u128(const sample_shared& sm) {
 }
 
 // This warp's contiguous share of [0, n), a multiple of 32 long (the last may be shorter or empty).
+constexpr uint32_t kNoDigit = 256;  // a lane with no element in the radix pass
+
 struct segment {
   int32_t begin, end;
 };
@@ -366,9 +368,18 @@ __device__ void select_by_count(sample_shared& sm, int32_t n, KeyOf key_of, uint
   for (int shift = 24; shift >= 0; shift -= 8) {
     for (int d = threadIdx.x; d < 256; d += kSampleThreads) sm.count[d] = 0;
     __syncthreads();
-    for (int32_t i = seg.begin + lane; i < seg.end; i += 32) {
-      const uint32_t key = key_of(i);
-      if ((key & mask) == prefix) atomicAdd(&sm.count[(key >> shift) & 255u], 1u);
+    // Lanes with the same digit add once (their count): the first passes see few distinct digits (the
+    // exponent bits), and one shared-memory atomic per element serialized on them.
+    for (int32_t base = seg.begin; base < seg.end; base += 32) {
+      const int32_t i = base + lane;
+      uint32_t d = kNoDigit;
+      if (i < seg.end) {
+        const uint32_t key = key_of(i);
+        if ((key & mask) == prefix) d = (key >> shift) & 255u;
+      }
+      const unsigned peers = __match_any_sync(0xffffffffu, d);
+      if (d != kNoDigit && lane == __ffs(peers) - 1)
+        atomicAdd(&sm.count[d], static_cast<uint32_t>(__popc(peers)));
     }
     __syncthreads();
     if (threadIdx.x < 32) {
@@ -419,15 +430,37 @@ __device__ void select_by_mass(sample_shared& sm, int32_t n, KeyOf key_of, const
   for (int shift = 24; shift >= 0; shift -= 8) {
     for (int d = threadIdx.x; d < 256; d += kSampleThreads) sm.mass_hi[d] = sm.mass_lo[d] = 0;
     __syncthreads();
-    for (int32_t i = seg.begin + lane; i < seg.end; i += 32) {
-      const float wi = w[i];
-      if (wi > 0.0f) {
-        const uint32_t key = key_of(i);
-        if ((key & mask) == prefix) {
-          const fx_sum f = fx_of(wi);
-          const uint32_t d = (key >> shift) & 255u;
-          atomicAdd(&sm.mass_hi[d], f.hi);
-          atomicAdd(&sm.mass_lo[d], f.lo);
+    // As in select_by_count, lanes with the same digit add once: their weights are summed over the warp
+    // first (exact: the halves add separately, as the atomics would).
+    for (int32_t base = seg.begin; base < seg.end; base += 32) {
+      const int32_t i = base + lane;
+      uint32_t d = kNoDigit;
+      fx_sum f{0, 0};
+      if (i < seg.end) {
+        const float wi = w[i];
+        if (wi > 0.0f) {
+          const uint32_t key = key_of(i);
+          if ((key & mask) == prefix) {
+            f = fx_of(wi);
+            d = (key >> shift) & 255u;
+          }
+        }
+      }
+      // One round per distinct digit among the lanes (a few in the exponent-bit passes): a butterfly
+      // sum of that digit's weights, one pair of atomics.
+      for (unsigned todo = __ballot_sync(0xffffffffu, d != kNoDigit); todo != 0;) {
+        const int leader = __ffs(todo) - 1;
+        const uint32_t dd = __shfl_sync(0xffffffffu, d, leader);
+        const bool mine = d == dd;
+        todo &= ~__ballot_sync(0xffffffffu, mine);
+        fx_sum v = mine ? f : fx_sum{0, 0};
+        for (int o = 16; o > 0; o >>= 1) {
+          v.hi += __shfl_xor_sync(0xffffffffu, v.hi, o);
+          v.lo += __shfl_xor_sync(0xffffffffu, v.lo, o);
+        }
+        if (lane == leader) {
+          atomicAdd(&sm.mass_hi[dd], v.hi);
+          atomicAdd(&sm.mass_lo[dd], v.lo);
         }
       }
     }
