@@ -1,5 +1,5 @@
-// Sampling on the device (see kernels/cuda/sampling.cu): the greedy argmax, and the full sampler that
-// reproduces troupe::sampler::sample (core/sampling.h) token for token.
+// Sampling on the device: the greedy argmax (kernels/cuda/argmax.cu), and the full sampler
+// (kernels/cuda/sampling.cu) that reproduces troupe::sampler::sample (core/sampling.h) token for token.
 #pragma once
 
 #include <cuda_runtime_api.h>
