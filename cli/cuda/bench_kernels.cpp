@@ -205,6 +205,15 @@ int run(const std::vector<std::string>& args) {
                       flops / (ms * 1e-3) / 1e12, ms, 0});
     }
   }
+  {  // The engine's 2048-token prefill: one sequence, Llama-3.1-8B's GQA (32 q / 8 kv heads).
+    attention_setup s(1, 2048, 2048, 32, 8, 128, 11);
+    const double flops = 4.0 * 32 * 2048.0 * 2048.0 * 128 / 2;
+    for (int warps : {4, 8}) {
+      const double ms = median_ms([&] { kc::flash_attention_prefill(s.p, nullptr, warps); }, 3, iters);
+      figs.push_back({"flash_prefill_causal_b1_h32_kv8_s2048_d128_w" + std::to_string(warps), "TFLOP/s",
+                      flops / (ms * 1e-3) / 1e12, ms, 0});
+    }
+  }
   {  // Decode at three shapes: the (batch 64, 4096-token contexts), and the serving benches' (batch
      // 256 at ~520 keys for throughput, batch 1 at ~140 for latency); 32 q / 8 kv heads, D128. Bytes:
      // every K and V row once. Each flash kernel at its chosen split count and at fixed ones.

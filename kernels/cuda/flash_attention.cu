@@ -57,14 +57,29 @@ __global__ void __launch_bounds__(kWarps * 32, kWarps == 8 && D <= 128 ? 2 : 1)
   bf16* sv = sk + kStages * kBc * D;             // [kStages, kBc, D]
 
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
-  const int seq = blockIdx.z / num_splits, split = blockIdx.z % num_splits;
-  const int kv_head = blockIdx.y;
+  // Causal tiles late in a sequence do the most work: start them first so the tail of the grid is short.
+  // Prefill runs a 1-D grid ordered by row tile from the last, then sequence, then kv head, so the heaviest
+  // tiles of every head and sequence go first (with (row tile, head, sequence) as x, y, z, the hardware
+  // launched every tile of head 0 before any of head 1, and heavy tiles of the last heads ran at the end).
+  int seq, split, kv_head, tile_from_last;
+  if constexpr (kKeySplit) {
+    seq = blockIdx.z / num_splits;
+    split = blockIdx.z % num_splits;
+    kv_head = blockIdx.y;
+    tile_from_last = blockIdx.x;
+  } else {
+    const int rest = blockIdx.x / p.num_kv_heads;
+    kv_head = blockIdx.x % p.num_kv_heads;
+    seq = rest % p.num_seqs;
+    split = 0;
+    tile_from_last = rest / p.num_seqs;
+  }
+  const int row_tiles = kKeySplit ? gridDim.x : gridDim.x / (p.num_kv_heads * p.num_seqs);
   const int group = p.num_heads / p.num_kv_heads;
   const int q0 = p.query_start[seq];
   const int q_len = p.query_start[seq + 1] - q0;
   const int rows_total = q_len * group;
-  // Causal tiles late in a sequence do the most work: start them first so the tail of the grid is short.
-  const int row0 = (gridDim.x - 1 - blockIdx.x) * kBr;
+  const int row0 = (row_tiles - 1 - tile_from_last) * kBr;
   if (row0 >= rows_total) return;
   const int ctx = p.context_lens[seq];
   const int pos_base = ctx - q_len;  // position of query row 0
@@ -401,7 +416,11 @@ void launch_flash(const attention_params& p, int num_splits, cudaStream_t stream
   const int group = p.num_heads / p.num_kv_heads;
   const int64_t row_tiles = (static_cast<int64_t>(p.max_q_len) * group + C::kBr - 1) / C::kBr;
   const int block_shift = (p.block_size & (p.block_size - 1)) == 0 ? __builtin_ctz(p.block_size) : -1;
-  const dim3 grid(static_cast<unsigned>(row_tiles), p.num_kv_heads, p.num_seqs * num_splits);
+  const dim3 grid = kKeySplit
+                        ? dim3(static_cast<unsigned>(row_tiles), p.num_kv_heads, p.num_seqs * num_splits)
+                        : dim3(static_cast<unsigned>(row_tiles * p.num_kv_heads * p.num_seqs));
+  TROUPE_KERNEL_REQUIRE(kKeySplit || row_tiles * p.num_kv_heads * p.num_seqs < (int64_t{1} << 31),
+                        "flash prefill: grid too large");
   kernel<<<grid, C::kThreads, C::kSmemBytes, stream>>>(p, num_splits, block_shift);
   TROUPE_CUDA_CHECK_LAUNCH();
 }
