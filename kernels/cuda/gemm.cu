@@ -1,6 +1,12 @@
 // bf16 GEMMs through cuBLASLt with fp32 accumulation. Row-major y = x @ w^T is column-major
-// y^T = w * x^T with w transposed, so no copy or transpose kernel is needed.
+// y^T = w * x^T with w transposed, so no copy or transpose kernel is needed. Descriptors and the algorithm
+// are made once per shape (the heuristic query cost tens of µs per call); prefill-sized shapes time the
+// heuristic's best candidates once and keep the fastest.
 #include <cublasLt.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <vector>
 
 #include "kernels/cuda/check.h"
 #include "kernels/cuda/ops.h"
@@ -8,11 +14,14 @@
 namespace troupe::kernels::cuda {
 
 gemm_context::gemm_context() {
+  if (const char* e = std::getenv("TROUPE_GEMM_TUNE"); e != nullptr && std::strcmp(e, "0") == 0)
+    tune_min_m_ = 0;
   TROUPE_CUBLAS_CHECK(cublasLtCreate(&handle_));
   TROUPE_CUDA_CHECK(cudaMalloc(&workspace_, kWorkspaceBytes));
 }
 
 gemm_context::~gemm_context() {
+  plans_.clear();
   if (workspace_ != nullptr) cudaFree(workspace_);
   if (handle_ != nullptr) cublasLtDestroy(handle_);
 }
@@ -27,6 +36,89 @@ void gemm_context::matmul_xwt_f32(const bf16* x, const bf16* w, float* y, int64_
   run(x, w, y, true, m, n, k, stream);
 }
 
+struct gemm_context::plan {
+  cublasLtMatmulDesc_t op = nullptr;
+  cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
+  std::vector<cublasLtMatmulHeuristicResult_t> candidates;  // the heuristic's, best first
+  cublasLtMatmulAlgo_t algo{};                              // the one used
+  bool tuned = false;
+};
+
+void gemm_context::plan_deleter::operator()(plan* p) const {
+  if (p->c != nullptr) cublasLtMatrixLayoutDestroy(p->c);
+  if (p->b != nullptr) cublasLtMatrixLayoutDestroy(p->b);
+  if (p->a != nullptr) cublasLtMatrixLayoutDestroy(p->a);
+  if (p->op != nullptr) cublasLtMatmulDescDestroy(p->op);
+  delete p;
+}
+
+gemm_context::plan& gemm_context::plan_for(int64_t m, int64_t n, int64_t k, bool f32_out) {
+  const auto key = std::make_tuple(m, n, k, f32_out);
+  if (auto it = plans_.find(key); it != plans_.end()) return *it->second;
+  if (plans_.size() >= kMaxPlans) plans_.clear();  // a server fed every possible m: start over
+  std::unique_ptr<plan, plan_deleter> pl(new plan);
+  TROUPE_CUBLAS_CHECK(cublasLtMatmulDescCreate(&pl->op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+  const cublasOperation_t trans = CUBLAS_OP_T, no_trans = CUBLAS_OP_N;
+  TROUPE_CUBLAS_CHECK(
+      cublasLtMatmulDescSetAttribute(pl->op, CUBLASLT_MATMUL_DESC_TRANSA, &trans, sizeof(trans)));
+  TROUPE_CUBLAS_CHECK(
+      cublasLtMatmulDescSetAttribute(pl->op, CUBLASLT_MATMUL_DESC_TRANSB, &no_trans, sizeof(no_trans)));
+  // Column-major views: w is [k, n] (ld k), x is [k, m] (ld k), y is [n, m] (ld n).
+  TROUPE_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&pl->a, CUDA_R_16BF, k, n, k));
+  TROUPE_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&pl->b, CUDA_R_16BF, k, m, k));
+  TROUPE_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&pl->c, f32_out ? CUDA_R_32F : CUDA_R_16BF, n, m, n));
+  cublasLtMatmulPreference_t pref = nullptr;
+  TROUPE_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
+  const size_t ws = kWorkspaceBytes;
+  TROUPE_CUBLAS_CHECK(
+      cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws)));
+  const int want = m >= tune_min_m_ && tune_min_m_ > 0 ? 8 : 1;
+  pl->candidates.resize(want);
+  int found = 0;
+  const cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(handle_, pl->op, pl->a, pl->b, pl->c, pl->c, pref,
+                                                           want, pl->candidates.data(), &found);
+  cublasLtMatmulPreferenceDestroy(pref);
+  TROUPE_CUBLAS_CHECK(st);
+  TROUPE_KERNEL_REQUIRE(found > 0,
+                        "cuBLASLt found no bf16 algorithm for m=" << m << " n=" << n << " k=" << k);
+  pl->candidates.resize(found);
+  pl->algo = pl->candidates[0].algo;
+  pl->tuned = found == 1;
+  return *plans_.emplace(key, std::move(pl)).first->second;
+}
+
+// Times each candidate (one warm-up, then the best of three) on the caller's operands and keeps the
+// fastest. y is overwritten by the real call that follows.
+void gemm_context::tune(plan& pl, const bf16* x, const bf16* w, void* y, cudaStream_t stream) {
+  cudaEvent_t start, stop;
+  TROUPE_CUDA_CHECK(cudaEventCreate(&start));
+  TROUPE_CUDA_CHECK(cudaEventCreate(&stop));
+  const float alpha = 1.0f, beta = 0.0f;
+  float best_ms = 0;
+  for (size_t i = 0; i < pl.candidates.size(); ++i) {
+    const cublasLtMatmulAlgo_t& algo = pl.candidates[i].algo;
+    float cand_ms = 0;
+    bool ok = true;
+    for (int rep = 0; rep < 4 && ok; ++rep) {
+      TROUPE_CUDA_CHECK(cudaEventRecord(start, stream));
+      ok = cublasLtMatmul(handle_, pl.op, &alpha, w, pl.a, x, pl.b, &beta, y, pl.c, y, pl.c, &algo,
+                          workspace_, kWorkspaceBytes, stream) == CUBLAS_STATUS_SUCCESS;
+      TROUPE_CUDA_CHECK(cudaEventRecord(stop, stream));
+      TROUPE_CUDA_CHECK(cudaEventSynchronize(stop));
+      float ms = 0;
+      TROUPE_CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop));
+      if (rep == 1 || (rep > 1 && ms < cand_ms)) cand_ms = ms;
+    }
+    if (ok && (i == 0 || cand_ms < best_ms)) {
+      best_ms = cand_ms;
+      pl.algo = algo;
+    }
+  }
+  cudaEventDestroy(start);
+  cudaEventDestroy(stop);
+  pl.tuned = true;
+}
+
 void gemm_context::run(const bf16* x, const bf16* w, void* y, bool f32_out, int64_t m, int64_t n, int64_t k,
                        cudaStream_t stream) {
   if (m == 0 || n == 0) return;
@@ -38,35 +130,15 @@ void gemm_context::run(const bf16* x, const bf16* w, void* y, bool f32_out, int6
     }
     return;
   }
-  cublasLtMatmulDesc_t op = nullptr;
-  cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
-  cublasLtMatmulPreference_t pref = nullptr;
-  TROUPE_CUBLAS_CHECK(cublasLtMatmulDescCreate(&op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
-  const cublasOperation_t trans = CUBLAS_OP_T, no_trans = CUBLAS_OP_N;
-  TROUPE_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSA, &trans, sizeof(trans)));
-  TROUPE_CUBLAS_CHECK(
-      cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSB, &no_trans, sizeof(no_trans)));
-  // Column-major views: w is [k, n] (ld k), x is [k, m] (ld k), y is [n, m] (ld n).
-  TROUPE_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&a, CUDA_R_16BF, k, n, k));
-  TROUPE_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&b, CUDA_R_16BF, k, m, k));
-  TROUPE_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&c, f32_out ? CUDA_R_32F : CUDA_R_16BF, n, m, n));
-  TROUPE_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
-  const size_t ws = kWorkspaceBytes;
-  TROUPE_CUBLAS_CHECK(
-      cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws)));
-  cublasLtMatmulHeuristicResult_t heur{};
-  int found = 0;
-  TROUPE_CUBLAS_CHECK(cublasLtMatmulAlgoGetHeuristic(handle_, op, a, b, c, c, pref, 1, &heur, &found));
-  TROUPE_KERNEL_REQUIRE(found > 0,
-                        "cuBLASLt found no bf16 algorithm for m=" << m << " n=" << n << " k=" << k);
+  plan& pl = plan_for(m, n, k, f32_out);
+  if (!pl.tuned) {
+    cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+    TROUPE_CUDA_CHECK(cudaStreamIsCapturing(stream, &capture));
+    if (capture == cudaStreamCaptureStatusNone) tune(pl, x, w, y, stream);
+  }
   const float alpha = 1.0f, beta = 0.0f;
-  TROUPE_CUBLAS_CHECK(
-      cublasLtMatmul(handle_, op, &alpha, w, a, x, b, &beta, y, c, y, c, &heur.algo, workspace_, ws, stream));
-  cublasLtMatmulPreferenceDestroy(pref);
-  cublasLtMatrixLayoutDestroy(c);
-  cublasLtMatrixLayoutDestroy(b);
-  cublasLtMatrixLayoutDestroy(a);
-  cublasLtMatmulDescDestroy(op);
+  TROUPE_CUBLAS_CHECK(cublasLtMatmul(handle_, pl.op, &alpha, w, pl.a, x, pl.b, &beta, y, pl.c, y, pl.c,
+                                     &pl.algo, workspace_, kWorkspaceBytes, stream));
 }
 
 }  // namespace troupe::kernels::cuda

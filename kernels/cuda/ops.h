@@ -8,6 +8,9 @@
 #include <cuda_runtime_api.h>
 
 #include <cstdint>
+#include <map>
+#include <memory>
+#include <tuple>
 
 namespace troupe::kernels::cuda {
 
@@ -123,13 +126,28 @@ class gemm_context {
   void set_gemv_max_m(int m) { gemv_max_m_ = m; }
   int gemv_max_m() const { return gemv_max_m_; }
 
+  // GEMMs with m >= this many rows (prefill-sized) pick their cuBLASLt algorithm by timing the
+  // heuristic's best candidates once per shape, outside graph capture; 0 = always the heuristic's first
+  // (also TROUPE_GEMM_TUNE=0 in the environment).
+  void set_tune_min_m(int64_t m) { tune_min_m_ = m; }
+
  private:
+  // Descriptors and the chosen algorithm of one (m, n, k, output type), made on its first call.
+  struct plan;
+  struct plan_deleter {
+    void operator()(plan* p) const;
+  };
   void run(const bf16* x, const bf16* w, void* y, bool f32_out, int64_t m, int64_t n, int64_t k,
            cudaStream_t stream);
+  plan& plan_for(int64_t m, int64_t n, int64_t k, bool f32_out);
+  void tune(plan& pl, const bf16* x, const bf16* w, void* y, cudaStream_t stream);
   int gemv_max_m_ = kGemvMaxM;
+  int64_t tune_min_m_ = 1024;
   cublasLtHandle_t handle_ = nullptr;
   void* workspace_ = nullptr;  // [kWorkspaceBytes]
   static constexpr size_t kWorkspaceBytes = 32u << 20;
+  static constexpr size_t kMaxPlans = 4096;  // beyond this, plans are made per call and not kept
+  std::map<std::tuple<int64_t, int64_t, int64_t, bool>, std::unique_ptr<plan, plan_deleter>> plans_;
 };
 
 }  // namespace troupe::kernels::cuda
