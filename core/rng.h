@@ -9,13 +9,7 @@
 
 #include <cstdint>
 
-#ifndef TROUPE_HOST_DEVICE
-#if defined(__CUDACC__)
-#define TROUPE_HOST_DEVICE __host__ __device__
-#else
-#define TROUPE_HOST_DEVICE
-#endif
-#endif
+#include "core/host_device.h"
 
 namespace troupe::rng {
 

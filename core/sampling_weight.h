@@ -8,13 +8,7 @@
 
 #include <cmath>
 
-#ifndef TROUPE_HOST_DEVICE
-#if defined(__CUDACC__)
-#define TROUPE_HOST_DEVICE __host__ __device__
-#else
-#define TROUPE_HOST_DEVICE
-#endif
-#endif
+#include "core/host_device.h"
 
 namespace troupe {
 

@@ -20,6 +20,30 @@ sampled_token step_executor::sample_one(const float* row, mirror& m, int64_t seq
   return t;
 }
 
+// Calls f(mirror, seq_id, logits_row) for every draw of the step, in order: each sampled sequence's fork
+// children (n > 1: copies of the parent's state before its own token is appended, with their own seeds,
+// drawing from the parent's logits row), then the sequence itself. std::unordered_map keeps its nodes in
+// place when it rehashes, so the parent's reference stays valid while children are inserted.
+template <class F>
+void step_executor::for_each_draw(const step_plan& plan, F&& f) {
+  int32_t row = 0;
+  for (size_t i = 0; i < plan.seqs.size(); ++i) {
+    const seq_step& st = plan.seqs[i];
+    if (!st.sample) continue;
+    mirror& m = *active_[i];
+    TROUPE_CHECK_EQ(static_cast<int32_t>(m.outputs.size()), st.output_index) << "sequence" << st.seq_id;
+    for (size_t c = 0; c < st.fork_children.size(); ++c) {
+      mirror child = m;
+      child.seed = st.fork_seeds[c];
+      auto [it, inserted] = mirrors_.insert_or_assign(st.fork_children[c], std::move(child));
+      (void)inserted;
+      f(it->second, st.fork_children[c], row);
+    }
+    f(m, st.seq_id, row);
+    ++row;
+  }
+}
+
 step_result step_executor::execute(const step_plan& plan) {
   const auto t0 = std::chrono::steady_clock::now();
   step_result res;
@@ -116,23 +140,9 @@ step_result step_executor::execute(const step_plan& plan) {
     const int32_t vocab = runner_.config().vocab_size;
     logits_.resize(rows_.size() * static_cast<size_t>(vocab));
     runner_.forward(b, logits_.data());
-    size_t row = 0;
-    for (size_t i = 0; i < plan.seqs.size(); ++i) {
-      const seq_step& st = plan.seqs[i];
-      if (!st.sample) continue;
-      const float* lg = logits_.data() + row++ * static_cast<size_t>(vocab);
-      mirror& m = *active_[i];
-      TROUPE_CHECK_EQ(static_cast<int32_t>(m.outputs.size()), st.output_index) << "sequence" << st.seq_id;
-      // Children of an n > 1 fork start from the parent's state before its own token is appended.
-      for (size_t c = 0; c < st.fork_children.size(); ++c) {
-        mirror child = m;
-        child.seed = st.fork_seeds[c];
-        auto [it, inserted] = mirrors_.insert_or_assign(st.fork_children[c], std::move(child));
-        (void)inserted;
-        res.samples.push_back(sample_one(lg, it->second, st.fork_children[c]));
-      }
-      res.samples.push_back(sample_one(lg, m, st.seq_id));
-    }
+    for_each_draw(plan, [&](mirror& m, int64_t seq_id, int32_t row) {
+      res.samples.push_back(sample_one(logits_.data() + static_cast<size_t>(row) * vocab, m, seq_id));
+    });
   }
   res.forward_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   return res;
@@ -155,24 +165,7 @@ void step_executor::forward_and_sample_on_device(const step_plan& plan, const fo
     dev_rows_.push_back(d);
     dev_targets_.emplace_back(&m, seq_id);
   };
-  int32_t row = 0;
-  for (size_t i = 0; i < plan.seqs.size(); ++i) {
-    const seq_step& st = plan.seqs[i];
-    if (!st.sample) continue;
-    mirror& m = *active_[i];
-    TROUPE_CHECK_EQ(static_cast<int32_t>(m.outputs.size()), st.output_index) << "sequence" << st.seq_id;
-    // Children of an n > 1 fork copy the parent's state before its own token is appended and draw from the
-    // same logits row. The map's nodes stay put when it rehashes, so &m and the histories stay valid.
-    for (size_t c = 0; c < st.fork_children.size(); ++c) {
-      mirror child = m;
-      child.seed = st.fork_seeds[c];
-      auto [it, inserted] = mirrors_.insert_or_assign(st.fork_children[c], std::move(child));
-      (void)inserted;
-      add(it->second, st.fork_children[c], row);
-    }
-    add(m, st.seq_id, row);
-    ++row;
-  }
+  for_each_draw(plan, add);
   const size_t n = dev_rows_.size();
   dev_ids_.resize(n);
   dev_logprobs_.resize(n);

@@ -33,6 +33,8 @@ class step_executor {
     uint64_t seed = 0;
   };
   sampled_token sample_one(const float* row, mirror& m, int64_t seq_id);
+  template <class F>
+  void for_each_draw(const step_plan& plan, F&& f);
   // The draws of a step whose runner samples on its device: forward_sample, then the mirrors' updates.
   void forward_and_sample_on_device(const step_plan& plan, const forward_batch& b, step_result& res);
 
