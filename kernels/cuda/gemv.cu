@@ -16,7 +16,7 @@ namespace troupe::kernels::cuda {
 namespace {
 
 constexpr int kGemvWarps = 4;  // per block: small blocks spread the rows evenly over the SMs
-constexpr int kUnroll = 4;     // 16-byte loads of w in flight per lane
+constexpr int kUnroll = 8;     // 16-byte loads of w in flight per lane (m = 1)
 
 // A 16-byte load of streamed data: not kept in L1, where x lives.
 __device__ __forceinline__ uint4 load_stream(const uint4* p) {
@@ -71,7 +71,7 @@ __global__ void __launch_bounds__(kGemvWarps * 32)
 #pragma unroll
   for (int r = 0; r < kRows; ++r)
 #pragma unroll
-    for (int u = 0; u < kU; ++u)
+    for (int u = 0; u < (kU < 4 ? kU : 4); ++u)  // at most 2 KB a row: all rows' together must fit L2
       if (lane + 32 * u < chunks) asm volatile("prefetch.global.L2 [%0];" ::"l"(wr[r] + lane + 32 * u));
   pdl_wait();
   const uint4* xr = reinterpret_cast<const uint4*>(x);
