@@ -1,5 +1,6 @@
 #include "core/model_config.h"
 
+#include <algorithm>
 #include <cmath>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -274,6 +275,23 @@ std::vector<float> rope_inv_freq(const model_config& c, int64_t seq_len) {
     }
   }
   return inv;
+}
+
+void rope_inv_freq_rows(const model_config& c, int32_t num_seqs, const int32_t* query_start,
+                        const int32_t* positions, const int32_t* floor_lens, float* rows) {
+  const int64_t half = c.head_dim / 2;
+  int64_t cached_len = -1;
+  std::vector<float> f;
+  for (int32_t s = 0; s < num_seqs; ++s) {
+    for (int32_t t = query_start[s]; t < query_start[s + 1]; ++t) {
+      const int64_t len = std::max<int64_t>(positions[t] + 1, floor_lens[s]);
+      if (len != cached_len) {
+        f = rope_inv_freq(c, len);
+        cached_len = len;
+      }
+      std::copy(f.begin(), f.end(), rows + t * half);
+    }
+  }
 }
 
 }  // namespace troupe

@@ -65,4 +65,14 @@ struct model_config {
 // sequence outgrows max_position_embeddings).
 std::vector<float> rope_inv_freq(const model_config& c, int64_t seq_len);
 
+// Dynamic NTK RoPE in a batch: the token at position p of a sequence whose prompt has floor_len tokens is
+// rotated with rope_inv_freq(c, max(p + 1, floor_len)) (what Hugging Face computes: one forward over the
+// prompt, then one per token), written to rows[t * head_dim / 2 ...]. Consecutive tokens of one length
+// share one computation. Both runners call this, so the CPU and CUDA frequencies are the same floats.
+void rope_inv_freq_rows(const model_config& c, int32_t num_seqs,
+                        const int32_t* query_start,  // [num_seqs + 1]
+                        const int32_t* positions,    // [num_tokens]
+                        const int32_t* floor_lens,   // [num_seqs]
+                        float* rows);                // [num_tokens, head_dim / 2]
+
 }  // namespace troupe

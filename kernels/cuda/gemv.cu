@@ -139,9 +139,14 @@ void launch_gemv_m(const bf16* x, const bf16* w, OutT* y, int64_t n, int64_t k, 
              static_cast<int>(n), static_cast<int>(k));
 }
 
+// n: outputs per row of y (the gated kernel reads 2n rows of w).
 template <bool kGated, typename OutT>
 void launch_gemv(const bf16* x, const bf16* w, OutT* y, int64_t m, int64_t n, int64_t k,
                  cudaStream_t stream) {
+  const int64_t w_rows = kGated ? 2 * n : n;
+  TROUPE_KERNEL_REQUIRE(
+      gemv_supports(x, w, m, w_rows, k),
+      "gemv: unsupported shape m=" << m << " n=" << w_rows << " k=" << k << " or unaligned operands");
   switch (m) {
 #define TROUPE_GEMV_CASE(M)                                \
   case M:                                                  \
@@ -167,25 +172,16 @@ bool gemv_supports(const void* x, const void* w, int64_t m, int64_t n, int64_t k
 }
 
 void gemv_xwt(const bf16* x, const bf16* w, bf16* y, int64_t m, int64_t n, int64_t k, cudaStream_t stream) {
-  TROUPE_KERNEL_REQUIRE(
-      gemv_supports(x, w, m, n, k),
-      "gemv: unsupported shape m=" << m << " n=" << n << " k=" << k << " or unaligned operands");
   launch_gemv<false>(x, w, y, m, n, k, stream);
 }
 
 void gemv_xwt_f32(const bf16* x, const bf16* w, float* y, int64_t m, int64_t n, int64_t k,
                   cudaStream_t stream) {
-  TROUPE_KERNEL_REQUIRE(
-      gemv_supports(x, w, m, n, k),
-      "gemv: unsupported shape m=" << m << " n=" << n << " k=" << k << " or unaligned operands");
   launch_gemv<false>(x, w, y, m, n, k, stream);
 }
 
 void gemv_gate_up_silu(const bf16* x, const bf16* w_gate_up, bf16* act, int64_t m, int64_t inter, int64_t k,
                        cudaStream_t stream) {
-  TROUPE_KERNEL_REQUIRE(
-      gemv_supports(x, w_gate_up, m, 2 * inter, k),
-      "gemv: unsupported shape m=" << m << " n=" << 2 * inter << " k=" << k << " or unaligned operands");
   launch_gemv<true>(x, w_gate_up, act, m, inter, k, stream);
 }
 

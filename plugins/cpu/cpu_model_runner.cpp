@@ -162,19 +162,8 @@ void cpu_model_runner::forward(const forward_batch& b, float* logits) {
   int64_t inv_stride = 0;
   if (c.rope.type == rope_type::dynamic) {
     grow(inv_freq_rows_, T * (hd / 2));
-    int64_t cached_len = -1;
-    std::vector<float> f;
-    for (int32_t s = 0; s < b.num_seqs; ++s) {
-      const int64_t floor_len = b.prompt_lens ? b.prompt_lens[s] : b.context_lens[s];
-      for (int32_t t = b.query_start[s]; t < b.query_start[s + 1]; ++t) {
-        const int64_t len = std::max<int64_t>(b.positions[t] + 1, floor_len);
-        if (len != cached_len) {
-          f = rope_inv_freq(c, len);
-          cached_len = len;
-        }
-        std::copy(f.begin(), f.end(), inv_freq_rows_.begin() + t * (hd / 2));
-      }
-    }
+    rope_inv_freq_rows(c, b.num_seqs, b.query_start, b.positions,
+                       b.prompt_lens ? b.prompt_lens : b.context_lens, inv_freq_rows_.data());
     inv_freq = inv_freq_rows_.data();
     inv_stride = hd / 2;
   }

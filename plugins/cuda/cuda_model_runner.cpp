@@ -533,19 +533,8 @@ void cuda_model_runner::run_to_logits(const forward_batch& b) {
   sh.inv_stride = 0;
   if (c.rope.type == rope_type::dynamic) {
     std::vector<float> rows(T * (hd / 2));
-    int64_t cached_len = -1;
-    std::vector<float> f;
-    for (int64_t s = 0; s < S; ++s) {
-      const int64_t floor_len = b.prompt_lens ? b.prompt_lens[s] : b.context_lens[s];
-      for (int32_t t = b.query_start[s]; t < b.query_start[s + 1]; ++t) {
-        const int64_t len = std::max<int64_t>(b.positions[t] + 1, floor_len);
-        if (len != cached_len) {
-          f = rope_inv_freq(c, len);
-          cached_len = len;
-        }
-        std::copy(f.begin(), f.end(), rows.begin() + t * (hd / 2));
-      }
-    }
+    rope_inv_freq_rows(c, static_cast<int32_t>(S), b.query_start, b.positions,
+                       b.prompt_lens ? b.prompt_lens : b.context_lens, rows.data());
     grow(inv_freq_rows_, inv_freq_rows_cap_, rows.size());
     TROUPE_CUDA_CHECK(cudaMemcpyAsync(inv_freq_rows_, rows.data(), rows.size() * sizeof(float),
                                       cudaMemcpyHostToDevice, stream_));
