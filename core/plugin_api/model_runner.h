@@ -24,6 +24,10 @@ struct forward_batch {
   // computes (one prefill forward over the prompt, then one forward per token) and which does not change
   // with chunking, batching or recompute. Null means "the whole sequence is the prompt" (context_lens).
   const int32_t* prompt_lens = nullptr;
+  // [num_tokens] or null (asynchronous scheduling): pending_rows[t] >= 0 means token_ids[t] is not known on
+  // the host yet: it is the id drawn in row pending_rows[t] (a device_sample_row index) of the previous
+  // forward_sample_submit, which the backend reads on its device. -1: token_ids[t] holds the token.
+  const int32_t* pending_rows = nullptr;
   int32_t num_tokens = 0;
   int32_t num_seqs = 0;
   int32_t max_blocks_per_seq = 0;
@@ -66,6 +70,25 @@ class model_runner {
                               token_logprob* top) {  // [num_rows, sampling_max_logprobs]
     (void)batch, (void)rows, (void)num_rows, (void)ids, (void)logprobs, (void)top;
     throw std::logic_error("this backend does not sample on its device");
+  }
+  // Asynchronous stepping: forward_sample in two halves, so that the host plans and submits step N+1
+  // while the device still runs step N. forward_sample_submit enqueues the step (model and draws) and
+  // returns without waiting; batch.pending_rows may name rows of the previous submitted step, whose ids
+  // never came back to the host. forward_sample_collect waits for the oldest submitted step not collected
+  // yet and writes its results exactly as forward_sample does. At most two steps are outstanding (submit
+  // N+1, then collect N); the views of batch and rows are read only during submit. Backends without it
+  // say false here, and the step executor runs their steps synchronously at submit time instead.
+  virtual bool samples_async() const { return false; }
+  virtual void forward_sample_submit(const forward_batch& batch, const device_sample_row* rows,
+                                     int32_t num_rows) {
+    (void)batch, (void)rows, (void)num_rows;
+    throw std::logic_error("this backend does not step asynchronously");
+  }
+  virtual void forward_sample_collect(int32_t* ids,          // [num_rows of that submit]
+                                      float* logprobs,       // [num_rows]
+                                      token_logprob* top) {  // [num_rows, sampling_max_logprobs]
+    (void)ids, (void)logprobs, (void)top;
+    throw std::logic_error("this backend does not step asynchronously");
   }
   // Copies whole KV blocks src[i] -> dst[i] (copy-on-write of shared partial blocks).
   virtual void copy_blocks(const int32_t* src, const int32_t* dst, int32_t n) = 0;
