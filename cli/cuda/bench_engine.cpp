@@ -4,7 +4,10 @@
 // steps of the whole batch. Decode inputs are random ids (timing does not depend on which token was
 // sampled). Each step samples greedily on the device and returns one id and logprob per sequence, as the
 // engine does for greedy requests; --host-logits copies every fp32 logits row to the host instead (what a
-// step with host-sampled rows pays).
+// step with host-sampled rows pays). --async drives the decode steps the way asynchronous scheduling does:
+// step N + 1 is submitted (its tokens pending on step N's draws, on the device) before step N is collected,
+// so the host's work overlaps the device's; every row then goes through the device sampler, greedy unless
+// --temperature says otherwise.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -29,7 +32,7 @@ int run_engine_bench(const std::string& mode, int default_batch, int default_inp
   arg_parser ap("bench " + mode,
                 {"model", "batch", "input-len", "output-len", "attention", "max-batched-tokens", "block-size",
                  "max-graph-batch", "temperature", "top-p", "top-k"},
-                {"random-weights", "json", "host-logits", "enforce-eager"});
+                {"random-weights", "json", "host-logits", "enforce-eager", "async"});
   ap.parse(args);
   const std::string model = ap.get_or("model", "configs/models/llama-3.1-8b/config.json");
   const int B = static_cast<int>(ap.get_int("batch").value_or(default_batch));
@@ -42,6 +45,8 @@ int run_engine_bench(const std::string& mode, int default_batch, int default_inp
   opt.cuda_graphs = !ap.has("enforce-eager");
   opt.max_graph_batch = static_cast<int32_t>(ap.get_int("max-graph-batch").value_or(opt.max_graph_batch));
   opt.block_size = static_cast<int32_t>(ap.get_int("block-size").value_or(16));
+  const bool async = ap.has("async") && !ap.has("host-logits");
+  opt.async_steps = async;
   const int bs = opt.block_size;
   const int blocks_per_seq = (P + G + bs - 1) / bs;
   opt.num_kv_blocks = B * blocks_per_seq;
@@ -67,12 +72,14 @@ int run_engine_bench(const std::string& mode, int default_batch, int default_inp
   sp.temperature = static_cast<float>(temperature);
   sp.top_p = static_cast<float>(ap.get_double("top-p").value_or(1.0));
   sp.top_k = static_cast<int32_t>(ap.get_int("top-k").value_or(0));
-  const bool device_sampled = temperature > 0 && !host_logits;
+  const bool device_sampled = (ap.has("temperature") || async) && !host_logits;
   std::vector<device_sample_row> sample_rows(B);
   std::vector<token_logprob> top(static_cast<size_t>(B) * sampling_max_logprobs);
 
-  // One step over sequences [s0, s1): tokens [from, to) of each.
-  auto step = [&](int s0, int s1, int from, int to) {
+  // One step over sequences [s0, s1): tokens [from, to) of each. submit_only (--async decode): the tokens
+  // are pending on the previous step's rows, and the step is submitted, not collected.
+  std::vector<int32_t> pending;
+  auto step = [&](int s0, int s1, int from, int to, bool submit_only = false) {
     step_inputs in;
     in.query_start.push_back(0);
     for (int s = s0; s < s1; ++s) {
@@ -97,6 +104,11 @@ int run_engine_bench(const std::string& mode, int default_batch, int default_inp
     b.num_seqs = s1 - s0;
     b.max_blocks_per_seq = blocks_per_seq;
     b.num_logits = static_cast<int32_t>(in.logits_rows.size());
+    if (submit_only) {
+      pending.resize(in.tokens.size());
+      for (size_t t = 0; t < pending.size(); ++t) pending[t] = static_cast<int32_t>(t);  // one token a row
+      b.pending_rows = from > P ? pending.data() : nullptr;  // the first decode step's tokens are known
+    }
     const auto t0 = std::chrono::steady_clock::now();
     if (host_logits) {
       runner->forward(b, logits.data());  // returns after the logits reached the host
@@ -108,7 +120,11 @@ int run_engine_bench(const std::string& mode, int default_batch, int default_inp
         r.seed = static_cast<uint64_t>(s0 + i) + 1;
         r.step = static_cast<uint64_t>(from);
       }
-      runner->forward_sample(b, sample_rows.data(), b.num_logits, ids.data(), lps.data(), top.data());
+      if (submit_only) {
+        runner->forward_sample_submit(b, sample_rows.data(), b.num_logits);
+      } else {
+        runner->forward_sample(b, sample_rows.data(), b.num_logits, ids.data(), lps.data(), top.data());
+      }
     } else {
       runner->forward_greedy(b, greedy.data(), logits.data(), ids.data(), lps.data());
     }
@@ -131,7 +147,20 @@ int run_engine_bench(const std::string& mode, int default_batch, int default_inp
   std::sort(prefill_passes.begin(), prefill_passes.end());
   const double prefill_ms = prefill_passes[prefill_passes.size() / 2];
   std::vector<double> decode_ms;
-  for (int g = 0; g < G; ++g) decode_ms.push_back(step(0, B, P + g, P + g + 1));
+  if (async && G > 0) {
+    // Submit step g + 1, then collect step g: a step's time is the time between two collects.
+    step(0, B, P, P + 1, true);
+    auto last = std::chrono::steady_clock::now();
+    for (int g = 0; g < G; ++g) {
+      if (g + 1 < G) step(0, B, P + g + 1, P + g + 2, true);
+      runner->forward_sample_collect(ids.data(), lps.data(), top.data());
+      const auto now = std::chrono::steady_clock::now();
+      decode_ms.push_back(std::chrono::duration<double, std::milli>(now - last).count());
+      last = now;
+    }
+  } else {
+    for (int g = 0; g < G; ++g) decode_ms.push_back(step(0, B, P + g, P + g + 1));
+  }
   std::vector<double> sorted = decode_ms;
   std::sort(sorted.begin(), sorted.end());
   const double med = sorted.empty() ? 0 : sorted[sorted.size() / 2];
@@ -146,7 +175,9 @@ int run_engine_bench(const std::string& mode, int default_batch, int default_inp
         "\"input_len\": %d, \"output_len\": %d, \"load_s\": %.2f, \"prefill_ms\": %.3f, "
         "\"decode_ms_per_step_median\": %.4f, \"decode_tokens_per_s\": %.1f}\n",
         mode.c_str(), model.c_str(), opt.random_weights ? "true" : "false", opt.attention.c_str(),
-        host_logits ? "host_logits" : (device_sampled ? "device_sampled" : "device_greedy"),
+        host_logits
+            ? "host_logits"
+            : (async ? "device_sampled_async" : (device_sampled ? "device_sampled" : "device_greedy")),
         opt.cuda_graphs ? "true" : "false", B, P, G, load_s, prefill_ms, med, tok_s);
   } else {
     std::printf("%s: %s (%s attention), batch %d, %d in / %d out\n", mode.c_str(), model.c_str(),

@@ -53,10 +53,13 @@ __device__ float block_sum(float v) {
   return t;
 }
 
-__global__ void embedding_kernel(const int32_t* ids, const bf16x8* table, bf16x8* out, int64_t vecs_per_row) {
+__global__ void embedding_kernel(const int32_t* ids, const int32_t* pending, const int32_t* pending_ids,
+                                 const bf16x8* table, bf16x8* out, int64_t vecs_per_row) {
   pdl_wait();
   const int64_t r = blockIdx.x;
-  const bf16x8* src = table + static_cast<int64_t>(ids[r]) * vecs_per_row;
+  const int32_t from = pending != nullptr ? pending[r] : -1;
+  const int32_t id = from >= 0 ? pending_ids[from] : ids[r];
+  const bf16x8* src = table + static_cast<int64_t>(id) * vecs_per_row;
   for (int64_t i = threadIdx.x; i < vecs_per_row; i += blockDim.x) out[r * vecs_per_row + i] = src[i];
 }
 
@@ -255,7 +258,17 @@ void embedding(const int32_t* ids, const bf16* table, bf16* out, int64_t rows, i
   TROUPE_KERNEL_REQUIRE(dim % 8 == 0, "embedding: dim " << dim << " is not a multiple of 8");
   if (rows == 0) return;
   launch_pdl(embedding_kernel, dim3(static_cast<unsigned>(rows)), dim3(threads_for(dim / 8)), 0, stream, ids,
+             static_cast<const int32_t*>(nullptr), static_cast<const int32_t*>(nullptr),
              reinterpret_cast<const bf16x8*>(table), reinterpret_cast<bf16x8*>(out), dim / 8);
+}
+
+void embedding_pending(const int32_t* ids, const int32_t* pending, const int32_t* pending_ids,
+                       const bf16* table, bf16* out, int64_t rows, int64_t dim, cudaStream_t stream) {
+  TROUPE_KERNEL_REQUIRE(dim % 8 == 0, "embedding: dim " << dim << " is not a multiple of 8");
+  if (rows == 0) return;
+  launch_pdl(embedding_kernel, dim3(static_cast<unsigned>(rows)), dim3(threads_for(dim / 8)), 0, stream, ids,
+             pending, pending_ids, reinterpret_cast<const bf16x8*>(table), reinterpret_cast<bf16x8*>(out),
+             dim / 8);
 }
 
 void add_rms_norm(bf16* residual, const bf16* x, const bf16* w, bf16* y, int64_t rows, int64_t dim, float eps,

@@ -61,7 +61,10 @@ cuda_model_runner::~cuda_model_runner() {
         static_cast<void*>(greedy_lp_)}) {
     if (p != nullptr) cudaFree(p);
   }
-  if (ints_host_ != nullptr) cudaFreeHost(ints_host_);
+  for (int32_t* p : ints_stage_) {
+    if (p != nullptr) cudaFreeHost(p);
+  }
+  if (pending_ids_ != nullptr) cudaFree(pending_ids_);
   if (greedy_ids_host_ != nullptr) cudaFreeHost(greedy_ids_host_);
   if (greedy_lp_host_ != nullptr) cudaFreeHost(greedy_lp_host_);
   if (stream_ != nullptr) cudaStreamDestroy(stream_);
@@ -268,15 +271,29 @@ void cuda_model_runner::ensure_step_buffers(int64_t T, int64_t n_logits, int32_t
 }
 
 void cuda_model_runner::ensure_ints(size_t n_ints) {
-  if (n_ints > ints_host_cap_) {
-    TROUPE_CUDA_CHECK(cudaStreamSynchronize(stream_));
-    if (ints_host_ != nullptr) TROUPE_CUDA_CHECK(cudaFreeHost(ints_host_));
-    ints_host_cap_ = std::max(n_ints, ints_host_cap_ + ints_host_cap_ / 2);
-    TROUPE_CUDA_CHECK(
-        cudaMallocHost(reinterpret_cast<void**>(&ints_host_), ints_host_cap_ * sizeof(int32_t)));
-    ++buffers_gen_;  // captured graphs copy from the old staging buffer
+  if (n_ints > ints_host_cap_ || ints_stage_[0] == nullptr) {
+    TROUPE_CUDA_CHECK(cudaStreamSynchronize(stream_));  // queued uploads may still read the old ones
+    ints_host_cap_ = std::max({n_ints, ints_host_cap_ + ints_host_cap_ / 2, size_t{1024}});
+    for (int32_t*& p : ints_stage_) {
+      if (p != nullptr) TROUPE_CUDA_CHECK(cudaFreeHost(p));
+      TROUPE_CUDA_CHECK(cudaMallocHost(reinterpret_cast<void**>(&p), ints_host_cap_ * sizeof(int32_t)));
+    }
   }
+  ints_host_ = ints_stage_[stage_];
   grow(ints_, ints_cap_, n_ints);
+}
+
+// Step N + 1 fills the staging buffer step N - 1 used: at most two steps are outstanding, so step N - 1
+// was collected (its upload ran) before step N + 1 is built.
+void cuda_model_runner::next_stage() { stage_ ^= 1; }
+
+void cuda_model_runner::check_pending(const forward_batch& b) const {
+  if (b.pending_rows == nullptr) return;
+  for (int64_t t = 0; t < b.num_tokens; ++t) {
+    const int32_t r = b.pending_rows[t];
+    TROUPE_CHECK(r < 0 || r < last_num_rows_)
+        << "token" << t << "is pending on row" << r << "of a previous step with" << last_num_rows_ << "rows";
+  }
 }
 
 // Everything from the embedding to the LM head, on stream_, for inputs already on the device. Launches
@@ -312,7 +329,11 @@ void cuda_model_runner::launch_model(const step_shape& sh) {
   // residual = 0 + embedding (exact in fp32), then layer 0's norm: the same fused kernel as every layer.
   // (The memset first: kernels after it start as programmatic dependents of the kernel before them.)
   TROUPE_CUDA_CHECK(cudaMemsetAsync(residual_, 0, T * H * sizeof(float), stream_));
-  kc::embedding(sh.d_tokens, embed_, x_, T, H, stream_);
+  if (sh.d_pending != nullptr) {
+    kc::embedding_pending(sh.d_tokens, sh.d_pending, pending_ids_, embed_, x_, T, H, stream_);
+  } else {
+    kc::embedding(sh.d_tokens, embed_, x_, T, H, stream_);
+  }
   for (int32_t l = 0; l < c.num_layers; ++l) {
     layer& L = layers_[l];
     kc::add_rms_norm(residual_, x_, L.ln1, h_, T, H, eps, stream_);
@@ -399,8 +420,8 @@ bool cuda_model_runner::run_graph(const forward_batch& b, int32_t max_ctx) {
   if (static_cast<int64_t>(B) * MB > (1 << 24)) return false;
 
   // Fixed layout for the bucket: [tokens B | positions B | slots B | query_start B+1 | context_lens B |
-  // block_tables B x MB | logits_rows B]; padded rows write their K/V into the scratch block.
-  const size_t n_ints = 3 * static_cast<size_t>(B) + (B + 1) + B + static_cast<size_t>(B) * MB + B;
+  // block_tables B x MB | logits_rows B | pending B]; padded rows write their K/V into the scratch block.
+  const size_t n_ints = 3 * static_cast<size_t>(B) + (B + 1) + B + static_cast<size_t>(B) * MB + 2 * B;
   ensure_ints(n_ints);
   ensure_step_buffers(B, B, ctxb);
   int32_t* tok = ints_host_;
@@ -410,12 +431,14 @@ bool cuda_model_runner::run_graph(const forward_batch& b, int32_t max_ctx) {
   int32_t* ctx = qs + B + 1;
   int32_t* tab = ctx + B;
   int32_t* rows = tab + static_cast<size_t>(B) * MB;
+  int32_t* pend = rows + B;
   const int32_t scratch = num_blocks_;  // the extra block allocated past the pool
   const int32_t copy_blocks = std::min(MB, b.max_blocks_per_seq);
   qs[0] = 0;
   for (int32_t s = 0; s < B; ++s) {
     const bool real = s < S;
-    tok[s] = real ? b.token_ids[s] : 0;
+    pend[s] = real && b.pending_rows != nullptr ? b.pending_rows[s] : -1;
+    tok[s] = real && pend[s] < 0 ? b.token_ids[s] : 0;
     pos[s] = real ? b.positions[s] : 0;
     slot[s] = real ? b.slot_mapping[s] : scratch * block_size_;
     qs[s + 1] = s + 1;
@@ -429,6 +452,9 @@ bool cuda_model_runner::run_graph(const forward_batch& b, int32_t max_ctx) {
     for (; j < MB; ++j) row[j] = scratch;
     rows[s] = s;
   }
+  // The upload is not part of the graph: it reads whichever staging buffer this step filled.
+  TROUPE_CUDA_CHECK(
+      cudaMemcpyAsync(ints_, ints_host_, n_ints * sizeof(int32_t), cudaMemcpyHostToDevice, stream_));
 
   const auto key = std::make_pair(B, ctxb);
   auto it = graphs_.find(key);
@@ -452,14 +478,23 @@ bool cuda_model_runner::run_graph(const forward_batch& b, int32_t max_ctx) {
     sh.d_ctx = ints_ + (ctx - ints_host_);
     sh.d_tables = ints_ + (tab - ints_host_);
     sh.d_rows = ints_ + (rows - ints_host_);
+    sh.d_pending = ints_ + (pend - ints_host_);
     sh.inv_freq = base_inv_freq_;
     sh.inv_stride = 0;
+    // One eager pass first with every GEMM of the bucket tuned by timing (capture cannot time): the graph
+    // then replays the fastest algorithms. The pass computes exactly what the graph will (same inputs, the
+    // same K/V into the same slots), so running both is harmless.
+    gemm_->set_tune_every_m(true);
+    try {
+      launch_model(sh);
+    } catch (...) {
+      gemm_->set_tune_every_m(false);
+      throw;
+    }
+    gemm_->set_tune_every_m(false);
     TROUPE_CUDA_CHECK(cudaStreamSynchronize(stream_));
     cudaGraph_t graph = nullptr;
     TROUPE_CUDA_CHECK(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeRelaxed));
-    // The upload is part of the graph: it reads the pinned staging buffer when the graph runs.
-    TROUPE_CUDA_CHECK(
-        cudaMemcpyAsync(ints_, ints_host_, n_ints * sizeof(int32_t), cudaMemcpyHostToDevice, stream_));
     try {
       launch_model(sh);
     } catch (...) {
@@ -489,8 +524,11 @@ void cuda_model_runner::run_to_logits(const forward_batch& b) {
     max_q = std::max(max_q, b.query_start[s + 1] - b.query_start[s]);
     max_ctx = std::max(max_ctx, b.context_lens[s]);
   }
+  check_pending(b);
   for (int64_t t = 0; t < T; ++t) {
-    TROUPE_CHECK(b.token_ids[t] >= 0 && b.token_ids[t] < c.vocab_size) << "token" << b.token_ids[t];
+    const bool pending = b.pending_rows != nullptr && b.pending_rows[t] >= 0;
+    TROUPE_CHECK(pending || (b.token_ids[t] >= 0 && b.token_ids[t] < c.vocab_size))
+        << "token" << b.token_ids[t];
     TROUPE_CHECK(b.slot_mapping[t] < static_cast<int64_t>(num_blocks_) * block_size_) << b.slot_mapping[t];
   }
   for (int64_t i = 0; i < b.num_logits; ++i)
@@ -498,10 +536,11 @@ void cuda_model_runner::run_to_logits(const forward_batch& b) {
   if (run_graph(b, max_ctx)) return;
 
   // One upload for the step's integer inputs: [tokens | positions | slots | query_start | context_lens |
-  // block_tables | logits_rows].
+  // block_tables | logits_rows | pending rows, when the step has them].
   const int64_t n_logits = b.num_logits;
   const size_t table_n = static_cast<size_t>(S) * b.max_blocks_per_seq;
-  const size_t n_ints = 3 * T + (S + 1) + S + table_n + n_logits;
+  const int64_t n_pending = b.pending_rows != nullptr ? T : 0;
+  const size_t n_ints = 3 * T + (S + 1) + S + table_n + n_logits + n_pending;
   ensure_ints(n_ints);  // no step is in flight here: forward() returns only after its stream drained
   int32_t* hp = ints_host_;
   auto put = [&](const int32_t* src, size_t n) {
@@ -524,6 +563,7 @@ void cuda_model_runner::run_to_logits(const forward_batch& b) {
   sh.d_ctx = put(b.context_lens, S);
   sh.d_tables = put(b.block_tables, table_n);
   sh.d_rows = put(b.logits_rows, n_logits);
+  if (n_pending > 0) sh.d_pending = put(b.pending_rows, n_pending);
   TROUPE_CUDA_CHECK(
       cudaMemcpyAsync(ints_, ints_host_, n_ints * sizeof(int32_t), cudaMemcpyHostToDevice, stream_));
 
@@ -547,7 +587,9 @@ void cuda_model_runner::run_to_logits(const forward_batch& b) {
 }
 
 void cuda_model_runner::forward(const forward_batch& b, float* logits) {
+  TROUPE_CHECK(outstanding_.empty()) << "forward while an asynchronous step is outstanding";
   run_to_logits(b);
+  next_stage();
   if (b.num_logits > 0) {
     const size_t n = static_cast<size_t>(b.num_logits) * cfg_.vocab_size;
     TROUPE_CUDA_CHECK(cudaMemcpyAsync(logits, logits_, n * sizeof(float), cudaMemcpyDeviceToHost, stream_));
@@ -557,7 +599,9 @@ void cuda_model_runner::forward(const forward_batch& b, float* logits) {
 
 void cuda_model_runner::forward_greedy(const forward_batch& b, const uint8_t* greedy, float* logits,
                                        int32_t* ids, float* logprobs) {
+  TROUPE_CHECK(outstanding_.empty()) << "forward while an asynchronous step is outstanding";
   run_to_logits(b);
+  next_stage();
   const int64_t n = b.num_logits, V = cfg_.vocab_size;
   if (n > 0) {
     // Every row is reduced (one read of the logits, ~30 us for 256 rows of 128k): simpler than gathering
@@ -603,13 +647,32 @@ void cuda_model_runner::forward_greedy(const forward_batch& b, const uint8_t* gr
 
 void cuda_model_runner::forward_sample(const forward_batch& b, const device_sample_row* rows,
                                        int32_t num_rows, int32_t* ids, float* logprobs, token_logprob* top) {
-  run_to_logits(b);
-  if (num_rows == 0) {
-    TROUPE_CUDA_CHECK(cudaStreamSynchronize(stream_));
-    return;
-  }
+  forward_sample_submit(b, rows, num_rows);
+  forward_sample_collect(ids, logprobs, top);
+}
+
+void cuda_model_runner::forward_sample_submit(const forward_batch& b, const device_sample_row* rows,
+                                              int32_t num_rows) {
+  TROUPE_CHECK_LT(outstanding_.size(), size_t{2}) << "a third step submitted before the first was collected";
   if (!sampler_) sampler_ = std::make_unique<cuda_sampler>(cfg_.vocab_size);
-  sampler_->sample(logits_, b.num_logits, rows, num_rows, ids, logprobs, top, stream_);
+  if (pending_ids_ == nullptr) grow(pending_ids_, pending_ids_cap_, 256);
+  // Slot of this step's results: the one the step before the last used (it was collected).
+  const int slot = outstanding_.empty() ? stage_ : 1 - outstanding_.back().slot;
+  run_to_logits(b);
+  next_stage();
+  // Growing the device ids buffer synchronizes first, so this step's embedding has read the last ids.
+  if (static_cast<size_t>(num_rows) > pending_ids_cap_) grow(pending_ids_, pending_ids_cap_, num_rows);
+  sampler_->launch(logits_, b.num_logits, rows, num_rows, slot, opt_.async_steps ? pending_ids_ : nullptr,
+                   stream_);
+  outstanding_.push_back(outstanding_step{slot});
+  last_num_rows_ = num_rows;
+}
+
+void cuda_model_runner::forward_sample_collect(int32_t* ids, float* logprobs, token_logprob* top) {
+  TROUPE_CHECK(!outstanding_.empty()) << "collect without a submitted step";
+  const outstanding_step st = outstanding_.front();
+  outstanding_.erase(outstanding_.begin());
+  sampler_->finish(st.slot, ids, logprobs, top);
 }
 
 }  // namespace troupe

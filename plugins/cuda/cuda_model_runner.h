@@ -40,6 +40,9 @@ struct cuda_runner_options {
   bool cuda_graphs = true;
   // Largest decode batch that replays a graph (buckets up to 256); larger batches launch eagerly.
   int32_t max_graph_batch = 256;
+  // forward_sample_submit / forward_sample_collect overlap the host's next step with this one (see
+  // model_runner::samples_async). Off: the step executor runs each step to its end before the next.
+  bool async_steps = true;
 };
 
 class cuda_model_runner final : public model_runner {
@@ -57,6 +60,13 @@ class cuda_model_runner final : public model_runner {
   bool samples_on_device() const override { return true; }
   void forward_sample(const forward_batch& batch, const device_sample_row* rows, int32_t num_rows,
                       int32_t* ids, float* logprobs, token_logprob* top) override;
+  // Asynchronous steps (model_runner documents the contract): submit uploads from one of two pinned
+  // staging buffers and enqueues the model and the draws; the previous step's ids stay on the device for
+  // the token rows marked pending, which the embedding gathers. collect waits for the oldest step's event.
+  bool samples_async() const override { return opt_.async_steps; }
+  void forward_sample_submit(const forward_batch& batch, const device_sample_row* rows,
+                             int32_t num_rows) override;
+  void forward_sample_collect(int32_t* ids, float* logprobs, token_logprob* top) override;
   // For `troupe bench`: rows with greedy[i] != 0 get the argmax and its logprob in ids[i] and logprobs[i];
   // the other rows' logits go to `logits`, packed in row order ([rows without greedy, vocab_size], host
   // fp32).
@@ -105,9 +115,20 @@ class cuda_model_runner final : public model_runner {
   // Step buffers (capacity in elements next to each).
   int32_t* ints_ = nullptr;  // the step's integer inputs, one upload per step
   size_t ints_cap_ = 0;
-  int32_t* ints_host_ = nullptr;  // pinned staging for ints_
-  size_t ints_host_cap_ = 0;
-  float* inv_freq_rows_ = nullptr;  // [num_tokens, head_dim / 2] (dynamic NTK only)
+  int32_t* ints_host_ = nullptr;  // the pinned staging buffer of the step being built: ints_stage_[stage_]
+  int32_t* ints_stage_[2] = {nullptr, nullptr};  // two, so that a step is built while the last one uploads
+  size_t ints_host_cap_ = 0;                     // of each
+  int stage_ = 0;
+  // The sampled ids of the last submitted step, on the device: pending token rows of the next step read
+  // them (forward_batch::pending_rows). [pending_ids_cap_]
+  int32_t* pending_ids_ = nullptr;
+  size_t pending_ids_cap_ = 0;
+  int32_t last_num_rows_ = -1;  // rows of the last submitted step (-1: none since the last collect-all)
+  struct outstanding_step {
+    int slot = 0;
+  };
+  std::vector<outstanding_step> outstanding_;  // submitted, not collected; oldest first (at most 2)
+  float* inv_freq_rows_ = nullptr;             // [num_tokens, head_dim / 2] (dynamic NTK only)
   size_t inv_freq_rows_cap_ = 0;
   float* residual_ = nullptr;         // [num_tokens, hidden]: the residual stream stays fp32
   bf16 *x_ = nullptr, *h_ = nullptr;  // [num_tokens, hidden] each
@@ -139,11 +160,14 @@ class cuda_model_runner final : public model_runner {
     int32_t max_q = 0, max_ctx = 0, max_blocks = 0;
     const int32_t *d_tokens = nullptr, *d_pos = nullptr, *d_slots = nullptr, *d_qs = nullptr,
                   *d_ctx = nullptr, *d_tables = nullptr, *d_rows = nullptr;
+    const int32_t* d_pending = nullptr;  // [T] or null: forward_batch::pending_rows
     const float* inv_freq = nullptr;
     int64_t inv_stride = 0;
   };
   void ensure_step_buffers(int64_t T, int64_t n_logits, int32_t max_ctx);
   void ensure_ints(size_t n_ints);
+  void next_stage();  // the other staging buffer for the next step
+  void check_pending(const forward_batch& b) const;
   void launch_model(const step_shape& sh);
   // A decode step through a captured graph (capturing it first when needed); false when the step does
   // not qualify, and then nothing was launched.

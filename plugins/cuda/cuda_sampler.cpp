@@ -24,8 +24,11 @@ cuda_sampler::~cuda_sampler() {
   for (void* p : {in_dev_, out_dev_, work_dev_}) {
     if (p != nullptr) cudaFree(p);
   }
-  for (void* p : {in_host_, out_host_}) {
-    if (p != nullptr) cudaFreeHost(p);
+  for (slot_state& sl : slots_) {
+    for (void* p : {sl.in_host, sl.out_host}) {
+      if (p != nullptr) cudaFreeHost(p);
+    }
+    if (sl.done != nullptr) cudaEventDestroy(sl.done);
   }
 }
 
@@ -43,6 +46,23 @@ void cuda_sampler::sample(const float* logits, int32_t num_logits, const device_
                           int32_t num_rows, int32_t* ids, float* logprobs, token_logprob* top,
                           cudaStream_t stream) {
   if (num_rows == 0) return;
+  launch(logits, num_logits, rows, num_rows, 0, nullptr, stream);
+  finish(0, ids, logprobs, top);
+}
+
+void cuda_sampler::launch(const float* logits, int32_t num_logits, const device_sample_row* rows,
+                          int32_t num_rows, int slot, int32_t* ids_copy, cudaStream_t stream) {
+  TROUPE_CHECK(slot == 0 || slot == 1) << "sampler slot" << slot;
+  slot_state& sl = slots_[slot];
+  TROUPE_CHECK(!sl.pending) << "sampler slot" << slot << "launched twice without finish";
+  if (sl.done == nullptr) TROUPE_CUDA_CHECK(cudaEventCreateWithFlags(&sl.done, cudaEventDisableTiming));
+  sl.num_rows = num_rows;
+  sl.num_top.resize(static_cast<size_t>(num_rows));
+  if (num_rows == 0) {
+    TROUPE_CUDA_CHECK(cudaEventRecord(sl.done, stream));
+    sl.pending = true;
+    return;
+  }
   const size_t R = static_cast<size_t>(num_rows);
   // Upper bound of the penalty entries, so the pinned staging holds them without a second pass.
   size_t max_entries = 0;
@@ -54,15 +74,16 @@ void cuda_sampler::sample(const float* logits, int32_t num_logits, const device_
         << "sample row" << r << "reads logits row" << rows[r].logits_row << "of" << num_logits;
     TROUPE_CHECK(p->logprobs >= 0 && p->logprobs <= sampling_max_logprobs) << "logprobs" << p->logprobs;
     any_top |= p->logprobs > 0;
+    sl.num_top[r] = std::min(p->logprobs, vocab_);
     if (p->repetition_penalty != 1.0f) max_entries += static_cast<size_t>(rows[r].num_prompt_ids);
     if (p->repetition_penalty != 1.0f || p->frequency_penalty != 0.0f || p->presence_penalty != 0.0f)
       max_entries += static_cast<size_t>(rows[r].num_output_ids);
   }
   const size_t params_bytes = R * sizeof(kc::sample_row_params);
-  reserve(in_host_, in_host_cap_, params_bytes + 2 * max_entries * sizeof(int32_t), true, stream);
-  auto* params = static_cast<kc::sample_row_params*>(in_host_);
+  reserve(sl.in_host, sl.in_host_cap, params_bytes + 2 * max_entries * sizeof(int32_t), true, stream);
+  auto* params = static_cast<kc::sample_row_params*>(sl.in_host);
   // Ids first, counts after all ids: entries are appended in one go, then the counts moved down.
-  auto* pen_ids = reinterpret_cast<int32_t*>(static_cast<char*>(in_host_) + params_bytes);
+  auto* pen_ids = reinterpret_cast<int32_t*>(static_cast<char*>(sl.in_host) + params_bytes);
   int32_t* pen_counts = pen_ids + max_entries;
   int32_t num_entries = 0, num_slots = 0;
   for (size_t r = 0; r < R; ++r) {
@@ -117,10 +138,10 @@ void cuda_sampler::sample(const float* logits, int32_t num_logits, const device_
   const size_t out_small = 2 * R * sizeof(int32_t);
   const size_t out_bytes = out_small + 2 * R * kc::kSampleMaxTop * sizeof(int32_t);
   reserve(out_dev_, out_dev_cap_, out_bytes, false, stream);
-  reserve(out_host_, out_host_cap_, out_bytes, true, stream);
+  reserve(sl.out_host, sl.out_host_cap, out_bytes, true, stream);
   reserve(work_dev_, work_cap_, kc::sample_workspace_floats(num_slots, vocab_) * sizeof(float), false,
           stream);
-  TROUPE_CUDA_CHECK(cudaMemcpyAsync(in_dev_, in_host_, in_bytes, cudaMemcpyHostToDevice, stream));
+  TROUPE_CUDA_CHECK(cudaMemcpyAsync(in_dev_, sl.in_host, in_bytes, cudaMemcpyHostToDevice, stream));
 
   kc::sample_view v;
   v.logits = logits;
@@ -135,19 +156,31 @@ void cuda_sampler::sample(const float* logits, int32_t num_logits, const device_
   v.num_rows = num_rows;
   v.vocab = vocab_;
   kc::sample_rows(v, stream);
-  TROUPE_CUDA_CHECK(
-      cudaMemcpyAsync(out_host_, out_dev_, any_top ? out_bytes : out_small, cudaMemcpyDeviceToHost, stream));
-  TROUPE_CUDA_CHECK(cudaStreamSynchronize(stream));
+  if (ids_copy != nullptr)
+    TROUPE_CUDA_CHECK(
+        cudaMemcpyAsync(ids_copy, v.ids, R * sizeof(int32_t), cudaMemcpyDeviceToDevice, stream));
+  TROUPE_CUDA_CHECK(cudaMemcpyAsync(sl.out_host, out_dev_, any_top ? out_bytes : out_small,
+                                    cudaMemcpyDeviceToHost, stream));
+  TROUPE_CUDA_CHECK(cudaEventRecord(sl.done, stream));
+  sl.pending = true;  // only now: a row refused above leaves the slot free
+}
 
-  const auto* h_ids = static_cast<const int32_t*>(out_host_);
+void cuda_sampler::finish(int slot, int32_t* ids, float* logprobs, token_logprob* top) {
+  TROUPE_CHECK(slot == 0 || slot == 1) << "sampler slot" << slot;
+  slot_state& sl = slots_[slot];
+  TROUPE_CHECK(sl.pending) << "sampler slot" << slot << "finished without a launch";
+  sl.pending = false;
+  TROUPE_CUDA_CHECK(cudaEventSynchronize(sl.done));
+  const size_t R = static_cast<size_t>(sl.num_rows);
+  if (R == 0) return;
+  const auto* h_ids = static_cast<const int32_t*>(sl.out_host);
   const auto* h_lps = reinterpret_cast<const float*>(h_ids + R);
   const auto* h_top_ids = reinterpret_cast<const int32_t*>(h_lps + R);
   const auto* h_top_lps = reinterpret_cast<const float*>(h_top_ids + R * kc::kSampleMaxTop);
   std::memcpy(ids, h_ids, R * sizeof(int32_t));
   std::memcpy(logprobs, h_lps, R * sizeof(float));
   for (size_t r = 0; r < R; ++r) {
-    const int32_t n = std::min(rows[r].params->logprobs, vocab_);
-    for (int32_t j = 0; j < n; ++j) {
+    for (int32_t j = 0; j < sl.num_top[r]; ++j) {
       const size_t at = r * kc::kSampleMaxTop + static_cast<size_t>(j);
       top[at] = token_logprob{h_top_ids[at], h_top_lps[at]};
     }
