@@ -64,6 +64,18 @@ struct replace_worker_msg {
 // test hook: the worker throws during its next step (a crash mid-step)
 struct crash_msg {};
 
+// scheduler -> worker: one step. The worker submits it, then reports (sends the step_result of) the step
+// it held from before, if any, and holds this one: its result comes back when the next plan or a
+// flush_msg arrives, so that the device runs this step while the scheduler plans the next. flush: report
+// this one at once too (the scheduler plans nothing before its result).
+struct plan_msg {
+  step_plan plan;
+  bool flush = false;
+};
+
+// scheduler -> worker: report the held step now (no plan follows it before its result).
+struct flush_msg {};
+
 }  // namespace troupe::actors
 
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::actors::submit_msg)
@@ -73,5 +85,7 @@ CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::actors::abort_msg)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::actors::worker_msg)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::actors::crash_msg)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::actors::replace_worker_msg)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::actors::plan_msg)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::actors::flush_msg)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::step_plan)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::step_result)

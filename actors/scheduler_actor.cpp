@@ -1,5 +1,6 @@
 #include "actors/scheduler_actor.h"
 
+#include <deque>
 #include <unordered_set>
 
 #include "actors/messages.h"
@@ -10,11 +11,19 @@ namespace troupe::actors {
 
 namespace {
 
+// A step sent to the worker whose result has not come back.
+struct sent_step {
+  clock::time_point planned_at;
+  std::vector<uint64_t> first_scheduled;
+  std::vector<int32_t> first_cached;
+};
+
 struct sched_state {
   std::unique_ptr<scheduler> sched;
   caf::actor worker;
   uint64_t epoch = 0;
-  bool busy = false;
+  std::deque<sent_step> sent;            // oldest first; as many as sched->num_in_flight()
+  bool unflushed = false;                // the worker holds the newest plan until another plan or a flush_msg
   std::unordered_set<uint64_t> started;  // requests scheduled at least once
   std::unordered_map<int64_t, uint64_t> seq_rid;
 };
@@ -46,7 +55,10 @@ caf::behavior scheduler_actor(caf::event_based_actor* self, scheduler_config cfg
   auto s = std::make_shared<sched_state>();
   s->sched = std::make_unique<scheduler>(cfg, num_blocks, block_size, prefix_caching);
 
-  // Plans and sends the next step when the worker is free and there is work.
+  // Plans and sends steps while there is work and the scheduler allows it: with no step in flight, or
+  // with one (asynchronous scheduling: the worker submits the new step, then reports the older one while
+  // the device runs the new one). A plan is always followed by another plan or a flush: the worker
+  // reports its held step only then.
   auto kick = std::make_shared<std::function<void()>>();
   // On shutdown, drop every actor handle we hold so the system can destroy the actors (no cycles).
   self->set_exit_handler([=](caf::exit_msg& m) {
@@ -55,41 +67,55 @@ caf::behavior scheduler_actor(caf::event_based_actor* self, scheduler_config cfg
     self->quit(m.reason);
   });
   *kick = [=] {
-    if (s->busy || !s->worker || !s->sched->has_work()) return;
-    const auto planned_at = clock::now();
-    step_plan plan = s->sched->plan();
-    std::vector<uint64_t> first = s->sched->take_first_scheduled();
-    std::vector<int32_t> first_cached = s->sched->take_first_cached();
-    publish(*s->sched, *st);
-    if (!s->sched->step_in_flight()) return;
-    s->busy = true;
-    const uint64_t epoch = s->epoch;
-    self->request(s->worker, caf::infinite, std::move(plan))
-        .then(
-            [=](step_result& res) {
-              if (epoch != s->epoch) return;  // a restarted worker replaced the one that ran this
-              s->busy = false;
-              outputs_msg msg;
-              msg.outs = s->sched->update(res);
-              msg.first_scheduled = first;
-              msg.first_cached = first_cached;
-              msg.scheduled_at = planned_at;
-              msg.now = clock::now();
-              global_engine_metrics().step_duration.observe(
-                  std::chrono::duration<double>(msg.now - planned_at).count());
-              publish(*s->sched, *st);
-              if (!msg.outs.empty() || !msg.first_scheduled.empty()) self->send(output, std::move(msg));
-              (*kick)();
-            },
-            [=](caf::error&) {
-              // The worker died mid-step; the supervisor brings a new one (worker_msg).
-              if (epoch != s->epoch) return;
-              s->busy = false;
-              s->worker = caf::actor{};
-            });
+    if (!s->worker) return;
+    scheduler& sc = *s->sched;
+    const int32_t n = sc.num_in_flight();
+    bool may_plan = n == 0 || (n == 1 && sc.can_plan_ahead());
+    while (may_plan && sc.has_work()) {
+      sent_step sent;
+      sent.planned_at = clock::now();
+      plan_msg m;
+      m.plan = sc.plan();
+      sent.first_scheduled = sc.take_first_scheduled();
+      sent.first_cached = sc.take_first_cached();
+      publish(sc, *st);
+      if (m.plan.empty()) break;
+      s->sent.push_back(std::move(sent));
+      // Will another plan follow this one at once? If not, the worker reports it right after submitting
+      // it. With two in flight the worker reports the older one now and holds this one until the
+      // older one's result is in and the next plan (or a flush) goes out.
+      may_plan = sc.num_in_flight() == 1 && sc.has_work() && sc.can_plan_ahead();
+      m.flush = sc.num_in_flight() == 1 && !may_plan;
+      s->unflushed = !m.flush;
+      self->send(s->worker, std::move(m));
+    }
+    if (s->unflushed && sc.num_in_flight() == 1) {
+      self->send(s->worker, flush_msg{});
+      s->unflushed = false;
+    }
   };
 
   return {
+      [=](step_result& res) {
+        // From a worker that has been replaced since (its steps were recomputed): ignore.
+        if (!s->worker || caf::actor_cast<caf::actor_addr>(self->current_sender()) != s->worker.address())
+          return;
+        if (s->sent.empty()) return;
+        sent_step sent = std::move(s->sent.front());
+        s->sent.pop_front();
+        outputs_msg msg;
+        msg.outs = s->sched->update(res);
+        // The next step goes out before the outputs: the worker has it queued behind the running one.
+        (*kick)();
+        msg.first_scheduled = std::move(sent.first_scheduled);
+        msg.first_cached = std::move(sent.first_cached);
+        msg.scheduled_at = sent.planned_at;
+        msg.now = clock::now();
+        global_engine_metrics().step_duration.observe(
+            std::chrono::duration<double>(msg.now - sent.planned_at).count());
+        publish(*s->sched, *st);
+        if (!msg.outs.empty() || !msg.first_scheduled.empty()) self->send(output, std::move(msg));
+      },
       [=](submit_msg& m) {
         --st->num_pending;
         sched_request_in in;
@@ -120,10 +146,11 @@ caf::behavior scheduler_actor(caf::event_based_actor* self, scheduler_config cfg
         publish(*s->sched, *st);
       },
       [=](worker_msg& m) {
-        const bool restart = static_cast<bool>(s->worker) || s->busy || s->epoch > 0;
+        const bool restart = static_cast<bool>(s->worker) || s->sched->step_in_flight() || s->epoch > 0;
         s->epoch = m.epoch;
         s->worker = m.worker;
-        s->busy = false;
+        s->sent.clear();
+        s->unflushed = false;
         if (restart) s->sched->reset_worker(m.kv_lost);
         if (!s->worker) {
           // No worker any more: every live request fails.

@@ -10,12 +10,28 @@ namespace troupe::actors {
 caf::behavior worker_actor(caf::event_based_actor* self, model_runner* runner,
                            std::shared_ptr<shared_state> st) {
   auto exec = std::make_shared<step_executor>(*runner);
-  (void)self;
+  // Leaving (shutdown, a replaced runner): collect what the runner still runs, so that it holds nothing
+  // submitted when the next worker uses it. The scheduler recomputes what was never reported.
+  self->set_exit_handler([=](caf::exit_msg& m) {
+    exec->drain();
+    self->quit(m.reason);
+  });
+  auto report_until = [=](int32_t keep) {
+    auto to = caf::actor_cast<caf::actor>(self->current_sender());
+    while (exec->num_outstanding() > keep) self->send(to, exec->collect());
+  };
   return {
-      [=](const step_plan& plan) -> step_result {
-        if (st->crash_next_step.exchange(false)) throw std::runtime_error("worker crash injected mid-step");
-        return exec->execute(plan);
+      [=](plan_msg& m) {
+        if (st->crash_next_step.exchange(false)) {
+          exec->drain();
+          throw std::runtime_error("worker crash injected mid-step");
+        }
+        // Submit first: the device queues this step behind the one it runs, then the older one is
+        // collected and reported while this one runs.
+        exec->submit(m.plan);
+        report_until(m.flush ? 0 : 1);
       },
+      [=](flush_msg) { report_until(0); },
   };
 }
 

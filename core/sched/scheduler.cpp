@@ -7,6 +7,14 @@
 
 namespace troupe {
 
+namespace {
+
+bool has_penalties(const sampling_params& p) {
+  return p.repetition_penalty != 1.0f || p.presence_penalty != 0.0f || p.frequency_penalty != 0.0f;
+}
+
+}  // namespace
+
 scheduler::scheduler(const scheduler_config& cfg, int32_t num_blocks, int32_t block_size, bool prefix_caching)
     : cfg_(cfg), kv_(num_blocks, block_size, prefix_caching) {
   TROUPE_CHECK_GT(cfg_.max_model_len, 0);
@@ -94,6 +102,8 @@ void scheduler::finish_sequence(int64_t seq_id) {
 
 void scheduler::preempt(sequence& s) {
   TROUPE_CHECK(s.running) << "sequence" << s.id;
+  // Only a plan with nothing in flight preempts (can_plan_ahead): every token is known.
+  TROUPE_CHECK_EQ(s.placeholder_at, -1) << "sequence" << s.id;
   running_.erase(key_of(s));
   s.running = false;
   ++preemptions_;
@@ -130,7 +140,9 @@ void scheduler::schedule(sequence& s, int32_t n, step_plan& plan) {
   const int32_t prompt_len = static_cast<int32_t>(s.req->in.prompt.size());
   st.sample = s.num_computed + n == static_cast<int32_t>(s.tokens.size());
   st.output_index = static_cast<int32_t>(s.tokens.size()) - prompt_len;
+  if (st.sample) s.draw_step = plan.step;
   if (!s.worker_knows) {
+    TROUPE_CHECK_EQ(s.placeholder_at, -1) << "sequence" << s.id;
     st.is_new = true;
     st.prompt = s.req->in.prompt;
     st.outputs.assign(s.tokens.begin() + prompt_len, s.tokens.end());
@@ -172,6 +184,7 @@ void scheduler::schedule(sequence& s, int32_t n, step_plan& plan) {
       child->worker_knows = true;
       child->sent_table = s.sent_table;
       child->running = true;
+      child->draw_step = plan.step;
       kv_.fork(s.id, child->id);
       st.fork_children.push_back(child->id);
       st.fork_seeds.push_back(child->seed);
@@ -184,8 +197,45 @@ void scheduler::schedule(sequence& s, int32_t n, step_plan& plan) {
   plan.seqs.push_back(std::move(st));
 }
 
+bool scheduler::last_draw_in_flight(const sequence& s) const {
+  const int32_t outputs = static_cast<int32_t>(s.tokens.size() - s.req->in.prompt.size()) + 1;
+  return outputs >= s.req->in.params->max_tokens ||
+         static_cast<int64_t>(s.tokens.size()) + 1 >= cfg_.max_model_len;
+}
+
+bool scheduler::can_plan_ahead() const {
+  if (!cfg_.async_scheduling || num_in_flight_ != 1) return false;
+  if (!pending_swap_out_.empty() || !pending_swap_in_.empty()) return false;
+  if (!waiting_.empty() && !waiting_.begin()->second->host_slots.empty()) return false;
+  // The running sequences' part of plan() with placeholders: would every allocation succeed?
+  const uint64_t in_flight = flight_at(0).step;
+  int32_t budget = cfg_.max_num_batched_tokens;
+  int32_t need = 0;
+  for (const auto& [k, s] : running_) {
+    if (budget <= 0) break;
+    int32_t n;
+    if (s->draw_step == in_flight) {
+      if (has_penalties(*s->req->in.params)) return false;
+      if (last_draw_in_flight(*s)) continue;
+      n = 1;  // the placeholder
+    } else {
+      n = std::min<int32_t>(static_cast<int32_t>(s->tokens.size()) - s->num_computed, budget);
+    }
+    if (n <= 0) continue;
+    need += kv_.blocks_needed(s->id, s->num_computed, s->num_computed + n);
+    budget -= n;
+  }
+  return need <= kv_.pool().num_blocks_free();
+}
+
 step_plan scheduler::plan() {
-  TROUPE_CHECK(!in_flight_) << "a step is already in flight";
+  // can_plan_ahead() is the caller's policy; what plan() itself needs is at most one step in flight.
+  // Planning ahead it never preempts and skips what it cannot do (a sequence whose allocation fails,
+  // one with penalties), so a plan is correct even where the policy would have waited.
+  TROUPE_CHECK(num_in_flight_ == 0 || (num_in_flight_ == 1 && cfg_.async_scheduling))
+      << num_in_flight_ << "steps in flight: wait for a result before planning";
+  const bool ahead = num_in_flight_ == 1;
+  const uint64_t in_flight = ahead ? flight_at(0).step : 0;
   step_plan plan;
   plan.step = ++step_;
   plan.seqs.reserve(running_.size() + 8);
@@ -198,8 +248,31 @@ step_plan scheduler::plan() {
   for (auto& [k, s] : running_) order.push_back(s);
   for (sequence* s : order) {
     if (!s->running || budget <= 0) continue;
+    if (ahead && s->draw_step == in_flight) {
+      // It draws its next token in the in-flight step: compute that token (a placeholder) at the next
+      // position, unless the token ends it by length anyway (never schedule past max_tokens).
+      if (last_draw_in_flight(*s) || has_penalties(*s->req->in.params)) continue;
+      TROUPE_CHECK_EQ(s->placeholder_at, -1) << "sequence" << s->id;
+      TROUPE_CHECK_EQ(static_cast<size_t>(s->num_computed), s->tokens.size()) << "sequence" << s->id;
+      s->placeholder_at = static_cast<int32_t>(s->tokens.size());
+      s->tokens.push_back(kTokenPending);
+    }
     int32_t n = std::min<int32_t>(static_cast<int32_t>(s->tokens.size()) - s->num_computed, budget);
     if (n <= 0) continue;
+    if (ahead) {
+      // No preemption with a step in flight (can_plan_ahead checked that the blocks are there).
+      if (!kv_.allocate(s->id, s->num_computed, s->num_computed + n, plan.copies)) {
+        if (s->placeholder_at >= 0) {
+          s->tokens.pop_back();
+          s->placeholder_at = -1;
+        }
+        preempted = true;  // memory is short: admit nobody (the next plan, in step, preempts)
+        continue;
+      }
+      budget -= n;
+      schedule(*s, n, plan);
+      continue;
+    }
     bool ok = false;
     while (s->running) {
       if (kv_.allocate(s->id, s->num_computed, s->num_computed + n, plan.copies)) {
@@ -276,10 +349,12 @@ step_plan scheduler::plan() {
   pending_swap_out_.clear();
   plan.swap_in = std::move(pending_swap_in_);
   pending_swap_in_.clear();
-  last_step_ = plan.step;
-  last_seqs_.clear();
-  for (const auto& q : plan.seqs) last_seqs_.push_back(q.seq_id);
-  in_flight_ = !plan.seqs.empty() || !plan.swap_out.empty() || !plan.swap_in.empty() || !plan.dropped.empty();
+  if (!plan.empty()) {
+    flight& f = flight_at(num_in_flight_++);
+    f.step = plan.step;
+    f.computed.clear();
+    for (const auto& q : plan.seqs) f.computed.emplace_back(q.seq_id, q.start + q.num_tokens);
+  }
   return plan;
 }
 
@@ -299,13 +374,17 @@ std::optional<std::string> scheduler::check_stop(const sequence& s, int32_t toke
 }
 
 std::vector<seq_output> scheduler::update(const step_result& result) {
-  TROUPE_CHECK(in_flight_) << "no step in flight";
-  TROUPE_CHECK_EQ(result.step, last_step_);
-  in_flight_ = false;
-  for (int64_t id : last_seqs_) {
+  TROUPE_CHECK_GT(num_in_flight_, 0) << "no step in flight";
+  const flight& f = flight_at(0);
+  TROUPE_CHECK_EQ(result.step, f.step);
+  flight_head_ = (flight_head_ + 1) % 2;
+  --num_in_flight_;
+  // Tokens before a placeholder are all known: a newer in-flight step may have moved num_computed on,
+  // so commit what this step computed.
+  for (const auto& [id, computed] : f.computed) {
     auto it = seqs_.find(id);
     if (it == seqs_.end() || it->second->finished || !it->second->in_kv) continue;
-    kv_.commit(id, it->second->tokens, it->second->num_computed);
+    kv_.commit(id, it->second->tokens, computed);
   }
   std::vector<seq_output> outs;
   outs.reserve(result.samples.size());
@@ -314,7 +393,14 @@ std::vector<seq_output> scheduler::update(const step_result& result) {
     if (it == seqs_.end()) continue;  // aborted while the step ran
     sequence& s = *it->second;
     if (s.finished || !s.running) continue;
-    s.tokens.push_back(smp.token);
+    // The draw of this step; a newer in-flight step computed it as a placeholder (always the older
+    // in-flight step's draw: a sequence gets its next placeholder only after this update).
+    if (s.placeholder_at >= 0) {
+      s.tokens[s.placeholder_at] = smp.token;
+      s.placeholder_at = -1;
+    } else {
+      s.tokens.push_back(smp.token);
+    }
     seq_output o;
     o.rid = s.req->in.rid;
     o.index = s.index;
@@ -330,7 +416,14 @@ std::vector<seq_output> scheduler::update(const step_result& result) {
 }
 
 void scheduler::reset_worker(bool kv_lost) {
-  in_flight_ = false;
+  num_in_flight_ = 0;
+  flight_head_ = 0;
+  // The in-flight steps are lost: their draws are computed again from the known tokens.
+  for (auto& [id, s] : seqs_) {
+    if (s->placeholder_at >= 0) s->tokens.resize(s->placeholder_at);
+    s->placeholder_at = -1;
+    s->draw_step = 0;
+  }
   std::vector<sequence*> victims;
   for (auto& [k, s] : running_) victims.push_back(s);
   for (auto it = victims.rbegin(); it != victims.rend(); ++it) {

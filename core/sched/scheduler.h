@@ -2,6 +2,13 @@
 // (one decode token each, or the next prefill chunk), then admits waiting ones (FCFS within a priority,
 // chunked prefill), preempting the last-admitted running sequence when blocks run out. Prefill and decode
 // tokens mix in one step. Owns the kv_manager; plans a step, then commits the worker's result.
+//
+// Asynchronous scheduling: while one step is in flight the next one may be planned (at most two in
+// flight), so that the worker submits step N+1 before the device finishes step N. Each sequence that
+// draws a token in the in-flight step then computes a placeholder (kTokenPending) at its next position;
+// update() of the older step puts the real token in its place and runs the stop checks, and a sequence
+// that stopped is ended: what the newer step computes for it is discarded. can_plan_ahead() says when
+// planning ahead is safe (see there for what falls back to one step at a time).
 #pragma once
 
 #include <cstdint>
@@ -25,7 +32,8 @@ struct scheduler_config {
   int32_t max_waiting_requests = 4096;  // admission refuses beyond this (queue full)
   int64_t max_model_len = 0;            // required
   preemption_mode preemption = preemption_mode::recompute;
-  int32_t num_host_blocks = 0;  // swap space (blocks) for preemption_mode::swap
+  int32_t num_host_blocks = 0;   // swap space (blocks) for preemption_mode::swap
+  bool async_scheduling = true;  // allow planning a step while the previous one is in flight
 };
 
 struct sched_request_in {
@@ -72,11 +80,22 @@ class scheduler {
   void finish_sequence(int64_t seq_id);
 
   bool has_work() const { return !running_.empty() || !waiting_.empty(); }
-  bool step_in_flight() const { return in_flight_; }
+  bool step_in_flight() const { return num_in_flight_ > 0; }
+  int32_t num_in_flight() const { return num_in_flight_; }
+  // True when exactly one step is in flight and the next may be planned now (async_scheduling). False
+  // (wait for the result, then plan: one step at a time) when planning ahead would be unsafe or need more
+  // than placeholders: a sequence drawing in the in-flight step has penalties (the device reads its
+  // history at submit, which would miss that token); the running sequences' next tokens need more blocks
+  // than are free (preemption would have to free a sequence whose KV the in-flight step still writes, and
+  // re-admit it with tokens not known yet); swaps are pending or the next waiting sequence comes back
+  // from swap space. Ended sequences (abort, finish_sequence, stop) do not stop it: their mirrors are
+  // dropped with the next plan and what the in-flight steps computed for them is discarded.
+  bool can_plan_ahead() const;
 
-  // Plans the next step; empty plan (no seqs) when there is nothing to run.
+  // Plans the next step: with no step in flight, or with one when can_plan_ahead(). An empty plan
+  // (step_plan::empty) is not in flight and goes nowhere.
   step_plan plan();
-  // Applies the worker's result for the in-flight plan and returns per-sequence outputs.
+  // Applies the worker's result for the oldest in-flight plan and returns per-sequence outputs.
   std::vector<seq_output> update(const step_result& result);
   // The worker lost its state (restarted): every running sequence is recomputed from its tokens.
   // kv_lost: the KV memory went too (a new runner): every block is freed and the prefix cache emptied,
@@ -111,6 +130,8 @@ class scheduler {
     uint64_t order = 0;               // arrival order; preempted sequences keep theirs
     std::vector<int32_t> host_slots;  // swapped out: where its blocks wait (one per table entry)
     bool prefix_counted = false;      // its last prefix lookup is in the hit/query counters
+    uint64_t draw_step = 0;           // the last step planned to draw a token for it
+    int32_t placeholder_at = -1;      // tokens[placeholder_at] is kTokenPending (-1: none; always last)
   };
   struct request {
     sched_request_in in;
@@ -126,6 +147,16 @@ class scheduler {
   void end_sequence(sequence& s);
   void schedule(sequence& s, int32_t n, step_plan& plan);
   std::optional<std::string> check_stop(const sequence& s, int32_t token) const;
+  // The token s draws in the in-flight step ends it by length whatever it is: nothing follows it.
+  bool last_draw_in_flight(const sequence& s) const;
+  // A step planned and not yet updated, with the sequences it computes and their num_computed after it
+  // (what update() commits to the prefix cache: a later in-flight step has moved num_computed on).
+  struct flight {
+    uint64_t step = 0;
+    std::vector<std::pair<int64_t, int32_t>> computed;
+  };
+  flight& flight_at(int32_t i) { return flights_[(flight_head_ + i) % 2]; }
+  const flight& flight_at(int32_t i) const { return flights_[(flight_head_ + i) % 2]; }
 
   scheduler_config cfg_;
   kv_manager kv_;
@@ -139,9 +170,8 @@ class scheduler {
   int64_t next_seq_id_ = 1;
   uint64_t next_order_ = 1;
   uint64_t step_ = 0;
-  bool in_flight_ = false;
-  uint64_t last_step_ = 0;
-  std::vector<int64_t> last_seqs_;  // sequences of the in-flight step, to commit their hashes
+  flight flights_[2];  // a ring: the oldest at flight_head_
+  int32_t flight_head_ = 0, num_in_flight_ = 0;
   uint64_t preemptions_ = 0;
   std::vector<uint64_t> first_scheduled_;
   std::vector<int32_t> first_cached_;

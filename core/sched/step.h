@@ -11,6 +11,13 @@
 
 namespace troupe {
 
+// Asynchronous scheduling: a plan's token that is not known yet when the scheduler plans the step. It is
+// the id the same sequence draws in the step submitted just before this one (always exactly one step
+// back; only a decode token, the sequence's first and only token of the step). The step executor turns
+// it into forward_batch::pending_rows for a runner that steps asynchronously, or into the real id on the
+// host for any other runner.
+inline constexpr int32_t kTokenPending = -1;
+
 struct seq_step {
   int64_t seq_id = 0;
   int32_t start = 0;  // first position computed this step (= tokens already cached)
@@ -48,6 +55,10 @@ struct step_plan {
   int32_t num_tokens = 0;
 
   const int32_t* tokens_of(const seq_step& s) const { return token_ids.data() + s.token_offset; }
+  // Nothing for the worker to do (the scheduler sends no such plan).
+  bool empty() const {
+    return seqs.empty() && copies.empty() && dropped.empty() && swap_out.empty() && swap_in.empty();
+  }
 };
 
 struct sampled_token {

@@ -1,6 +1,8 @@
 // The serving core end to end through real actors over the CPU worker: greedy output must not change with
 // batching, chunked prefill, prefix-cache hits or preemption (recompute and swap); n > 1 shares blocks
 // copy-on-write; aborts leak nothing; a killed worker is restarted and its requests still finish right.
+// Asynchronous scheduling (the default) gives what one step at a time gives, over the CPU runner and over
+// the same runner stepping asynchronously (scheduler_test::async_runner: drawn ids stay "on the device").
 #include <gtest/gtest.h>
 
 #include <condition_variable>
@@ -14,6 +16,7 @@
 #include "core/offline_engine.h"
 #include "core/tokenizer.h"
 #include "plugins/cpu/cpu_model_runner.h"
+#include "tests/core/scheduler_harness.h"
 
 namespace troupe {
 namespace {
@@ -424,6 +427,147 @@ TEST_F(ServingCore, RefusesBadRequestsWithEveryReason) {
   EXPECT_EQ(e.submit(slow, nullptr).status, submit_status::invalid);
   ASSERT_TRUE(c.wait());
   expect_target(c.get("dup"), "next to refusals");
+}
+
+// The requests of the async tests: the target, 31 mixed others (some seeded sampled), n = 3 sampled,
+// a stop string and a stop token taken from the target's reference output.
+std::vector<engine_request> async_workload(const std::vector<int32_t>& ref_ids, const std::string& ref_text,
+                                           const engine_request& target, std::vector<engine_request> rest) {
+  std::vector<engine_request> v;
+  v.push_back(target);
+  for (size_t i = 0; i < rest.size(); ++i) v.push_back(rest[i]);
+  engine_request n3 = target;
+  n3.id = "n3";
+  n3.params.n = 3;
+  n3.params.temperature = 0.9f;
+  n3.params.seed = 12;
+  v.push_back(n3);
+  engine_request stop_str = target;
+  stop_str.id = "stop-string";
+  stop_str.params.stop = {ref_text.substr(ref_text.size() / 2, 3)};
+  v.push_back(stop_str);
+  engine_request stop_tok = target;
+  stop_tok.id = "stop-token";
+  stop_tok.params.stop_token_ids = {ref_ids.at(ref_ids.size() / 3)};
+  v.push_back(stop_tok);
+  engine_request short_one = target;
+  short_one.id = "max-tokens-2";
+  short_one.params.max_tokens = 2;
+  v.push_back(short_one);
+  return v;
+}
+
+std::map<std::string, result> serve_all(model_runner& runner, const tokenizer* tok, actor_engine_options o,
+                                        const std::vector<engine_request>& reqs, int crash_after = -1) {
+  actor_engine e(runner, tok, o);
+  collector c;
+  for (size_t i = 0; i < reqs.size(); ++i) {
+    EXPECT_EQ(e.submit(reqs[i], c.sink_for(reqs[i].id)).status, submit_status::accepted) << reqs[i].id;
+    if (static_cast<int>(i) == crash_after) e.crash_worker_next_step();
+  }
+  EXPECT_TRUE(c.wait());
+  EXPECT_TRUE(e.wait_idle(std::chrono::seconds(10)));
+  EXPECT_TRUE(e.healthy());
+  if (crash_after >= 0) {
+    EXPECT_GE(e.worker_restarts(), 1);
+  }
+  std::map<std::string, result> out;
+  for (const auto& r : reqs) out[r.id] = c.get(r.id);
+  return out;
+}
+
+void expect_same_results(const std::map<std::string, result>& got, const std::map<std::string, result>& want,
+                         const std::string& what) {
+  ASSERT_EQ(got.size(), want.size());
+  for (const auto& [id, w] : want) {
+    const result& g = got.at(id);
+    EXPECT_TRUE(g.finished) << what << " " << id;
+    EXPECT_FALSE(g.error) << what << " " << id;
+    EXPECT_EQ(g.ids, w.ids) << what << " " << id;
+    EXPECT_EQ(g.text, w.text) << what << " " << id;
+    EXPECT_EQ(g.finish, w.finish) << what << " " << id;
+  }
+}
+
+TEST_F(ServingCore, AsyncSchedulingGivesTheSynchronousOutputs) {
+  const auto reqs = async_workload(*ref_ids_, *ref_text_, as_engine(target_request(), "t"), others(8));
+  for (int32_t budget : {2048, 7}) {
+    SCOPED_TRACE("budget " + std::to_string(budget));
+    actor_engine_options sync_o;
+    sync_o.sched.max_num_batched_tokens = budget;
+    sync_o.sched.async_scheduling = false;
+    actor_engine_options async_o = sync_o;
+    async_o.sched.async_scheduling = true;
+    auto r = runner(256);
+    const auto want = serve_all(*r, tok_, sync_o, reqs);
+    expect_target(want.at("t"), "synchronous");
+    EXPECT_EQ(want.at("stop-string").finish.at(0), "stop");
+    EXPECT_EQ(want.at("stop-token").finish.at(0), "stop");
+    EXPECT_LT(want.at("stop-token").ids.at(0).size(), ref_ids_->size());
+    EXPECT_EQ(want.at("max-tokens-2").ids.at(0).size(), 2u);
+    EXPECT_EQ(want.at("n3").ids.size(), 3u);
+    expect_same_results(serve_all(*r, tok_, async_o, reqs), want, "async, host-resolved placeholders");
+    scheduler_test::async_runner dev(*r);
+    expect_same_results(serve_all(dev, tok_, async_o, reqs), want, "async runner");
+    EXPECT_GT(dev.pending_tokens, 50);
+    EXPECT_GT(dev.overlapped, 10);
+  }
+}
+
+TEST_F(ServingCore, AsyncRunnerUnderPreemptionAndWorkerCrash) {
+  const auto reqs = async_workload(*ref_ids_, *ref_text_, as_engine(target_request(), "t"), others(9));
+  actor_engine_options sync_o;
+  sync_o.sched.async_scheduling = false;
+  auto big = runner(256);
+  const auto want = serve_all(*big, tok_, sync_o, reqs);
+  // 14 blocks: preemption by recompute and by swap, one step at a time while memory is short.
+  for (auto mode : {preemption_mode::recompute, preemption_mode::swap}) {
+    auto small = runner(14);
+    scheduler_test::async_runner dev(*small);
+    actor_engine_options o;
+    o.prefix_caching = mode == preemption_mode::swap;
+    o.sched.preemption = mode;
+    o.sched.num_host_blocks = 64;
+    expect_same_results(serve_all(dev, tok_, o, reqs), want, "preemption");
+    EXPECT_GT(dev.overlapped, 0);
+  }
+  // A worker crash with two steps in flight: the new worker recomputes, nothing is lost or doubled.
+  for (int crash_after : {0, 20}) {
+    auto r = runner(256);
+    scheduler_test::async_runner dev(*r);
+    expect_same_results(serve_all(dev, tok_, {}, reqs, crash_after), want, "crash");
+  }
+}
+
+TEST_F(ServingCore, AsyncRunnerAbortStormLeaksNothing) {
+  auto r = runner(96);
+  scheduler_test::async_runner dev(*r);
+  actor_engine_options o;
+  o.sched.max_num_seqs = 64;
+  actor_engine e(dev, tok_, o);
+  collector c;
+  std::mt19937 rng(std::random_device{}());
+  std::vector<std::string> ids;
+  for (int i = 0; i < 200; ++i) {
+    engine_request q;
+    q.id = "a" + std::to_string(i);
+    const int len = 1 + static_cast<int>(rng() % 40);
+    for (int j = 0; j < len; ++j) q.prompt_ids.push_back(4 + static_cast<int32_t>(rng() % 1000));
+    q.params.max_tokens = 1 + static_cast<int32_t>(rng() % 40);
+    q.params.temperature = 0.7f;
+    q.params.n = 1 + static_cast<int32_t>(rng() % 3);
+    q.params.ignore_eos = true;
+    if (rng() % 4 == 0) q.params.stop = {"e"};
+    ASSERT_EQ(e.submit(q, c.sink_for(q.id)).status, submit_status::accepted);
+    ids.push_back(q.id);
+    if (rng() % 3 == 0) e.abort(ids[rng() % ids.size()]);
+    if (rng() % 20 == 0) std::this_thread::sleep_for(std::chrono::milliseconds(rng() % 10));
+  }
+  for (int i = 0; i < 50; ++i) e.abort(ids[rng() % ids.size()]);
+  ASSERT_TRUE(c.wait());
+  for (const auto& id : ids) EXPECT_TRUE(c.get(id).finished) << id;
+  EXPECT_TRUE(e.wait_idle(std::chrono::seconds(30))) << "blocks leaked after the abort storm";
+  EXPECT_EQ(e.stats().num_kv_blocks_used, 0);
 }
 
 }  // namespace

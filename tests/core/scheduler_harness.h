@@ -1,23 +1,29 @@
 // The scheduler tests' fixtures: a deterministic fake model, request builders, and a fake worker that
 // keeps the token written at every KV slot so a test can check what each step reads and writes; the
-// harness runs the scheduler against it step by step.
+// harness runs the scheduler against it step by step, one step at a time or planning ahead (asynchronous
+// scheduling: two steps in flight). async_runner turns any model_runner into one that steps
+// asynchronously, the way a device does, for the step executor's and the engine's tests.
 #pragma once
 
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <cstdio>
+#include <deque>
 #include <functional>
 #include <map>
 #include <numeric>
 #include <random>
+#include <stdexcept>
 #include <string>
 #include <unordered_map>
 #include <utility>
 #include <vector>
 
 #include "core/error.h"
+#include "core/plugin_api/model_runner.h"
 #include "core/rng.h"
+#include "core/sampling.h"
 #include "core/sched/scheduler.h"
 
 namespace troupe::scheduler_test {
@@ -73,6 +79,22 @@ inline sched_request_in request(uint64_t rid, ids prompt, std::shared_ptr<const 
   return r;
 }
 
+// What the KV manager said when a step was planned: the worker checks a step against it when it runs the
+// step, which (planning ahead) may be after the next step was planned.
+struct kv_snapshot {
+  std::unordered_map<int64_t, ids> tables;  // the plan's sequences' block tables
+  ids ref_counts;                           // [num_blocks]
+};
+
+inline kv_snapshot snapshot(const scheduler& sched, const step_plan& plan) {
+  kv_snapshot k;
+  for (const seq_step& st : plan.seqs) k.tables[st.seq_id] = sched.kv().block_table(st.seq_id);
+  const block_pool& pool = sched.kv().pool();
+  k.ref_counts.resize(pool.num_blocks());
+  for (int32_t b = 0; b < pool.num_blocks(); ++b) k.ref_counts[b] = pool.ref_count(b);
+  return k;
+}
+
 // A worker that keeps the token id written at every KV slot, so it can check that every position a step
 // reads (prefix hits, copies, swaps included) holds the right token, and that every block a step writes is
 // owned by that sequence alone.
@@ -88,7 +110,12 @@ class fake_worker {
   void reset() { seqs_.clear(); }  // the worker died: it forgets every sequence (device memory stays)
   size_t num_known() const { return seqs_.size(); }
 
-  step_result run(const step_plan& plan, const scheduler& sched) {
+  step_result run(const step_plan& plan, const scheduler& sched) { return run(plan, snapshot(sched, plan)); }
+
+  // Runs the steps in the order planned; a plan's kTokenPending must be the token this worker drew for
+  // that sequence in the step it ran just before.
+  step_result run(const step_plan& plan, const kv_snapshot& kv) {
+    const int64_t this_run = runs_++;
     step_result r;
     r.step = plan.step;
     for (int64_t id : plan.dropped) EXPECT_EQ(seqs_.erase(id), 1u) << "dropped unknown seq " << id;
@@ -127,7 +154,7 @@ class fake_worker {
         m.table[i] = b;
       }
       m.table.resize(st.table_size, -1);
-      EXPECT_EQ(m.table, sched.kv().block_table(st.seq_id)) << "seq " << st.seq_id;
+      EXPECT_EQ(m.table, kv.tables.at(st.seq_id)) << "seq " << st.seq_id;
       const int32_t end = st.start + n;
       if (end > static_cast<int32_t>(m.tokens.size())) {
         ADD_FAILURE() << "seq " << st.seq_id << " computes past its tokens";
@@ -143,10 +170,18 @@ class fake_worker {
         }
       }
       for (int32_t p = st.start; p < end; ++p) {
-        EXPECT_EQ(plan.tokens_of(st)[p - st.start], m.tokens[p]) << "seq " << st.seq_id << " position " << p;
+        const int32_t tok = plan.tokens_of(st)[p - st.start];
+        if (tok == kTokenPending) {
+          ++placeholders;
+          EXPECT_EQ(n, 1) << "seq " << st.seq_id << ": a placeholder in a chunk";
+          EXPECT_EQ(p, static_cast<int32_t>(m.tokens.size()) - 1) << "seq " << st.seq_id;
+          EXPECT_EQ(m.drawn_in, this_run - 1) << "seq " << st.seq_id << ": a placeholder not one step back";
+        } else {
+          EXPECT_EQ(tok, m.tokens[p]) << "seq " << st.seq_id << " position " << p;
+        }
         const int32_t b = m.table[p / bs_];
         // Children forked by this very step already share what it writes (they copy its state after it).
-        EXPECT_EQ(sched.kv().pool().ref_count(b), 1 + static_cast<int32_t>(st.fork_children.size()))
+        EXPECT_EQ(kv.ref_counts.at(b), 1 + static_cast<int32_t>(st.fork_children.size()))
             << "seq " << st.seq_id << " writes shared block " << b;
         device_.at(b)[p % bs_] = m.tokens[p];
       }
@@ -163,10 +198,12 @@ class fake_worker {
       for (size_t i = 0; i < st.fork_children.size(); ++i) {
         mirror c = m;
         c.seed = st.fork_seeds[i];
+        c.drawn_in = this_run;
         children.push_back(std::move(c));
       }
       const int32_t tok = next_token(m.seed, m.tokens, out_index);
       m.tokens.push_back(tok);
+      m.drawn_in = this_run;
       r.samples.push_back({st.seq_id, tok, -0.5f, {}});
       for (size_t i = 0; i < children.size(); ++i) {
         EXPECT_EQ(seqs_.count(st.fork_children[i]), 0u);
@@ -180,6 +217,8 @@ class fake_worker {
     return r;
   }
 
+  int64_t placeholders = 0;  // kTokenPending tokens seen
+
  private:
   struct mirror {
     ids tokens;  // prompt + outputs as the worker knows them
@@ -187,7 +226,9 @@ class fake_worker {
     int32_t computed = 0;
     ids table;
     uint64_t seed = 0;
+    int64_t drawn_in = -1;  // the run that drew its last token
   };
+  int64_t runs_ = 0;
   int32_t bs_;
   std::vector<ids> device_;  // [num_blocks][block_size] token id stored at each slot
   std::vector<ids> host_;    // [num_host_blocks][block_size]
@@ -205,6 +246,7 @@ struct harness {
 
   step_plan plan() {
     last = sched.plan();
+    if (sched.num_in_flight() == 2) ++planned_ahead;
     EXPECT_LE(last.num_tokens, cfg.max_num_batched_tokens);
     if (check_seq_cap) {
       EXPECT_LE(sched.stats().num_running, cfg.max_num_seqs);
@@ -232,10 +274,38 @@ struct harness {
     EXPECT_NO_THROW(sched.kv().pool().check_invariants());
     return outs;
   }
+  // Asynchronous scheduling as the actors do it: plans while the scheduler allows it (a second step while
+  // one is in flight), then the worker runs the oldest step and the scheduler applies its result.
+  std::vector<seq_output> async_step() {
+    plan_ahead();
+    if (queue.empty()) return {};
+    auto outs = finish_oldest();
+    EXPECT_NO_THROW(sched.kv().pool().check_invariants());
+    return outs;
+  }
+  void plan_ahead() {
+    while (sched.has_work() &&
+           (sched.num_in_flight() == 0 || (sched.num_in_flight() == 1 && sched.can_plan_ahead()))) {
+      plan();
+      if (last.empty()) break;
+      queue.emplace_back(last, snapshot(sched, last));
+    }
+    EXPECT_EQ(static_cast<int32_t>(queue.size()), sched.num_in_flight());
+  }
+  std::vector<seq_output> finish_oldest() {
+    const step_result r = worker.run(queue.front().first, queue.front().second);
+    queue.pop_front();
+    auto outs = sched.update(r);
+    record(outs);
+    return outs;
+  }
   int run_until_idle(int max_steps = 10000) {
     int steps = 0;
     while (sched.has_work() || sched.step_in_flight()) {
-      step();
+      if (async)
+        async_step();
+      else
+        step();
       if (++steps > max_steps || ::testing::Test::HasFatalFailure()) {
         ADD_FAILURE() << "no progress after " << steps << " steps";
         break;
@@ -250,6 +320,9 @@ struct harness {
   scheduler sched;
   fake_worker worker;
   step_plan last;
+  bool async = false;                                   // run_until_idle plans ahead
+  std::deque<std::pair<step_plan, kv_snapshot>> queue;  // async: the steps in flight, oldest first
+  int64_t planned_ahead = 0;                            // plans made with a step in flight
   bool check_seq_cap = true;
   std::map<seq_key, ids> outputs;
   std::map<seq_key, std::string> finish;
@@ -266,5 +339,158 @@ inline scheduler_config config(int32_t budget, int32_t max_seqs = 256, int64_t m
 inline std::vector<std::pair<int32_t, int32_t>> diff(std::initializer_list<std::pair<int32_t, int32_t>> l) {
   return l;
 }
+
+// A runner that steps asynchronously over any other runner, the way a device does: forward_sample_submit
+// copies the step (its views are valid during the call only) and returns; the step runs (the inner
+// runner's forward, then sampler::sample for every row) only when forward_sample_collect asks for it, so
+// that the executor submits step N+1 before step N has run. Drawn ids stay inside (the "device"): a
+// pending row reads the id drawn by the previous submit. Breaks of the contract throw: a third
+// outstanding step, a collect with nothing submitted, copies or swaps while a step has not run, a
+// pending row that is not one step back.
+class async_runner final : public model_runner {
+ public:
+  explicit async_runner(model_runner& inner) : inner_(inner) {}
+  const model_config& config() const override { return inner_.config(); }
+  int32_t block_size() const override { return inner_.block_size(); }
+  int32_t num_kv_blocks() const override { return inner_.num_kv_blocks(); }
+  void forward(const forward_batch& b, float* logits) override {
+    idle("forward");
+    inner_.forward(b, logits);
+  }
+  bool samples_on_device() const override { return true; }
+  bool samples_async() const override { return true; }
+  void forward_sample(const forward_batch& b, const device_sample_row* rows, int32_t num_rows, int32_t* ids,
+                      float* logprobs, token_logprob* top) override {
+    idle("forward_sample");
+    forward_sample_submit(b, rows, num_rows);
+    forward_sample_collect(ids, logprobs, top);
+  }
+  void forward_sample_submit(const forward_batch& b, const device_sample_row* rows,
+                             int32_t num_rows) override {
+    if (jobs_.size() >= 2) throw std::logic_error("async_runner: a third outstanding step");
+    job j;
+    j.tokens.assign(b.token_ids, b.token_ids + b.num_tokens);
+    j.positions.assign(b.positions, b.positions + b.num_tokens);
+    j.slots.assign(b.slot_mapping, b.slot_mapping + b.num_tokens);
+    j.qs.assign(b.query_start, b.query_start + b.num_seqs + 1);
+    j.ctx.assign(b.context_lens, b.context_lens + b.num_seqs);
+    j.tables.assign(b.block_tables, b.block_tables + static_cast<size_t>(b.num_seqs) * b.max_blocks_per_seq);
+    j.logits_rows.assign(b.logits_rows, b.logits_rows + b.num_logits);
+    if (b.prompt_lens) j.prompt_lens.assign(b.prompt_lens, b.prompt_lens + b.num_seqs);
+    if (b.pending_rows) j.pending.assign(b.pending_rows, b.pending_rows + b.num_tokens);
+    j.max_blocks = b.max_blocks_per_seq;
+    for (int32_t i = 0; i < num_rows; ++i) {
+      row r;
+      r.logits_row = rows[i].logits_row;
+      r.params = *rows[i].params;
+      r.params.need_logprob = true;  // a device computes it whatever need_logprob says
+      r.seed = rows[i].seed;
+      r.step = rows[i].step;
+      r.prompt.assign(rows[i].prompt_ids, rows[i].prompt_ids + rows[i].num_prompt_ids);
+      r.outputs.assign(rows[i].output_ids, rows[i].output_ids + rows[i].num_output_ids);
+      j.rows.push_back(std::move(r));
+    }
+    j.prev_rows = last_submit_rows_;
+    last_submit_rows_ = num_rows;
+    jobs_.push_back(std::move(j));
+    ++submits;
+  }
+  void forward_sample_collect(int32_t* ids, float* logprobs, token_logprob* top) override {
+    if (jobs_.empty()) throw std::logic_error("async_runner: collect with nothing submitted");
+    job& j = jobs_.front();
+    run(j);
+    for (size_t i = 0; i < j.rows.size(); ++i) {
+      ids[i] = j.out[i].id;
+      logprobs[i] = j.out[i].logprob;
+      for (size_t k = 0; k < j.out[i].top.size(); ++k) top[i * sampling_max_logprobs + k] = j.out[i].top[k];
+    }
+    jobs_.pop_front();
+  }
+  void copy_blocks(const int32_t* s, const int32_t* d, int32_t n) override {
+    idle("copy_blocks");
+    inner_.copy_blocks(s, d, n);
+  }
+  void reserve_host_blocks(int32_t n) override { inner_.reserve_host_blocks(n); }
+  void swap_out(const int32_t* s, const int32_t* d, int32_t n) override {
+    idle("swap_out");
+    inner_.swap_out(s, d, n);
+  }
+  void swap_in(const int32_t* s, const int32_t* d, int32_t n) override {
+    idle("swap_in");
+    inner_.swap_in(s, d, n);
+  }
+
+  int64_t submits = 0;
+  int64_t pending_tokens = 0;  // tokens read from the previous step's draws "on the device"
+  int64_t overlapped = 0;      // submits made while an earlier step had not run
+
+ private:
+  struct row {
+    int32_t logits_row = 0;
+    sampling_params params;
+    uint64_t seed = 0, step = 0;
+    std::vector<int32_t> prompt, outputs;
+  };
+  struct job {
+    std::vector<int32_t> tokens, positions, slots, qs, ctx, tables, logits_rows, prompt_lens, pending;
+    int32_t max_blocks = 0;
+    std::vector<row> rows;
+    int32_t prev_rows = 0;  // rows of the submit before this one
+    bool done = false;
+    std::vector<sample_result> out;
+  };
+  // Runs every step up to j, in submit order.
+  void run(job& j) {
+    for (job& k : jobs_) {
+      if (!k.done) run_one(k);
+      if (&k == &j) break;
+    }
+  }
+  void run_one(job& j) {
+    if (jobs_.size() == 2 && &j == &jobs_.front()) ++overlapped;
+    for (size_t t = 0; t < j.pending.size(); ++t) {
+      if (j.pending[t] < 0) continue;
+      if (j.pending[t] >= j.prev_rows || last_ids_.size() != static_cast<size_t>(j.prev_rows))
+        throw std::logic_error("async_runner: a pending row outside the previous step's draws");
+      j.tokens[t] = last_ids_[j.pending[t]];
+      ++pending_tokens;
+    }
+    forward_batch b;
+    b.token_ids = j.tokens.data();
+    b.positions = j.positions.data();
+    b.slot_mapping = j.slots.data();
+    b.query_start = j.qs.data();
+    b.context_lens = j.ctx.data();
+    b.block_tables = j.tables.data();
+    b.logits_rows = j.logits_rows.data();
+    b.prompt_lens = j.prompt_lens.empty() ? nullptr : j.prompt_lens.data();
+    b.num_tokens = static_cast<int32_t>(j.tokens.size());
+    b.num_seqs = static_cast<int32_t>(j.ctx.size());
+    b.max_blocks_per_seq = j.max_blocks;
+    b.num_logits = static_cast<int32_t>(j.logits_rows.size());
+    const int32_t vocab = inner_.config().vocab_size;
+    logits_.resize(static_cast<size_t>(b.num_logits) * vocab);
+    inner_.forward(b, logits_.data());
+    last_ids_.clear();
+    for (const row& r : j.rows) {
+      j.out.push_back(sampler_.sample(logits_.data() + static_cast<size_t>(r.logits_row) * vocab, vocab,
+                                      r.params, r.prompt, r.outputs, r.seed, r.step, scratch_));
+      last_ids_.push_back(j.out.back().id);
+    }
+    j.done = true;
+  }
+  void idle(const char* what) {
+    for (const job& j : jobs_) {
+      if (!j.done) throw std::logic_error(std::string("async_runner: ") + what + " while a step has not run");
+    }
+  }
+
+  model_runner& inner_;
+  std::deque<job> jobs_;
+  int32_t last_submit_rows_ = 0;
+  std::vector<int32_t> last_ids_;  // the ids of the last step run ("on the device")
+  sampler sampler_;
+  std::vector<float> logits_, scratch_;
+};
 
 }  // namespace troupe::scheduler_test
