@@ -56,6 +56,8 @@ end-to-end latency and throughput, like vLLM's benchmark_serving.py. See docs/be
   --io-threads N          client io threads (default 2)
   --ws-connections N      sockets the ws backend spreads requests over (default 4)
   --timeout S             longest silence allowed while a request waits (default 300)
+  --request-timeout S     longest a request may take, send to end of stream; past it the request
+                          fails, naming its id and backend (default 600)
 )";
 
 // Ids 100..999 are ordinary tokens in any vocabulary of 1000 or more (the embedded model has 1024):
@@ -68,6 +70,7 @@ struct settings {
   int32_t num_prompts = 1000, max_concurrency = 0, input_len = 1024, output_len = 128, prefix_len = 0;
   int32_t io_threads = 2, ws_connections = 4, timeout_s = 300;
   double request_rate = std::numeric_limits<double>::infinity(), burstiness = 1.0, range_ratio = 0.0;
+  double request_timeout_s = 600;
   uint64_t seed = 0;
   slo_set slos;
 };
@@ -95,9 +98,10 @@ int32_t int_flag(const arg_parser& ap, const std::string& name, int32_t def, int
 settings parse_settings(const std::vector<std::string>& args) {
   arg_parser ap(
       "bench serve",
-      {"base-url",        "backend",   "model",   "api-key",   "num-prompts", "request-rate",   "burstiness",
-       "max-concurrency", "seed",      "dataset", "input-len", "output-len",  "range-ratio",    "prefix-len",
-       "dataset-path",    "tokenizer", "goodput", "json",      "io-threads",  "ws-connections", "timeout"},
+      {"base-url",    "backend",         "model",        "api-key",        "num-prompts", "request-rate",
+       "burstiness",  "max-concurrency", "seed",         "dataset",        "input-len",   "output-len",
+       "range-ratio", "prefix-len",      "dataset-path", "tokenizer",      "goodput",     "json",
+       "io-threads",  "ws-connections",  "timeout",      "request-timeout"},
       {});
   ap.parse(join_goodput_words(args));
   settings s;
@@ -122,6 +126,11 @@ settings parse_settings(const std::vector<std::string>& args) {
   s.io_threads = int_flag(ap, "io-threads", 2, 1);
   s.ws_connections = int_flag(ap, "ws-connections", 4, 1);
   s.timeout_s = int_flag(ap, "timeout", 300, 1);
+  s.request_timeout_s = ap.get_double("request-timeout").value_or(600.0);
+  // At most ~a year, so that the deadline stays far from steady_clock's overflow.
+  if (!(s.request_timeout_s >= 0.001 && s.request_timeout_s <= 3.2e7)) {
+    throw error("--request-timeout must be a number of seconds in [0.001, 3.2e7]");
+  }
   s.seed = static_cast<uint64_t>(ap.get_int("seed").value_or(0));
   if (auto r = ap.get("request-rate"); r && *r != "inf") {
     s.request_rate = ap.get_double("request-rate").value();
@@ -331,7 +340,9 @@ json record_json(const settings& s, const run_summary& r, const std::vector<requ
               {"burstiness", s.burstiness},
               {"max_concurrency", s.max_concurrency ? json(s.max_concurrency) : json(nullptr)},
               {"seed", s.seed},
-              {"io_threads", s.io_threads}};
+              {"io_threads", s.io_threads},
+              {"timeout_s", s.timeout_s},
+              {"request_timeout_s", s.request_timeout_s}};
   if (s.dataset == "sharegpt") {
     cfg["dataset_path"] = s.dataset_path;
   } else {
@@ -407,6 +418,7 @@ int run(const std::vector<std::string>& args) {
   o.io_threads = s.io_threads;
   o.ws_connections = std::min(s.ws_connections, s.num_prompts);
   o.timeout = std::chrono::seconds(s.timeout_s);
+  o.request_timeout = std::chrono::milliseconds(std::llround(s.request_timeout_s * 1000));
   serve_client client(o);
 
   std::fprintf(

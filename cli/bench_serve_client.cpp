@@ -1,14 +1,17 @@
 #include "cli/bench_serve_client.h"
 
+#include <algorithm>
 #include <atomic>
 #include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/post.hpp>
+#include <boost/asio/steady_timer.hpp>
 #include <boost/asio/strand.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
 #include <boost/beast/websocket.hpp>
+#include <cstdio>
 #include <deque>
 #include <mutex>
 #include <nlohmann/json.hpp>
@@ -94,17 +97,47 @@ json request_json(const sample_request& r, const std::string& model) {
 
 // The stream timing and result of one request, shared by both backends.
 struct request_state {
+  std::string id;       // r0, r1, ... in submit order
+  const char* backend;  // "openai" | "ws"
   steady::time_point start, last;
+  steady::time_point deadline;       // start + request_timeout: past it the request fails
+  steady::time_point last_activity;  // ws: start, then its last frame (http times silence on the stream)
   bool got_output = false;
+  int32_t num_chunks = 0;    // chunks with output so far
   int32_t chunk_tokens = 0;  // tokens seen in chunks, for when the server reports no usage
   bool usage_seen = false;
   request_outcome out;
   done_fn done;
 
-  request_state(const sample_request& r, done_fn d) : done(std::move(d)) {
+  request_state(const sample_request& r, std::string id_, const char* backend_, steady::duration timeout,
+                done_fn d)
+      : id(std::move(id_)), backend(backend_), done(std::move(d)) {
     start = steady::now();
+    last_activity = start;
+    deadline = start + timeout;
     out.prompt_tokens = r.prompt_len;
     out.expected_output_tokens = r.output_len;
+  }
+  bool past_deadline() const { return steady::now() >= deadline; }
+  // What a request that ran past its deadline failed with: which one, where, and how far it got.
+  std::string deadline_error() const {
+    return name() + " timed out: its stream did not end within " + seconds(deadline - start) +
+           " s (--request-timeout); " + progress();
+  }
+  // What a request failed with when nothing came for it for `silence` (--timeout).
+  std::string silence_error(steady::duration silence) const {
+    return name() + " timed out: nothing came for it for " + seconds(silence) + " s (--timeout); " +
+           progress();
+  }
+  std::string name() const { return "request " + id + " (" + backend + " backend)"; }
+  std::string progress() const {
+    return "it had received " + std::to_string(num_chunks) + " output chunks (" +
+           std::to_string(chunk_tokens) + " of " + std::to_string(out.expected_output_tokens) + " tokens)";
+  }
+  static std::string seconds(steady::duration d) {
+    char buf[32];
+    std::snprintf(buf, sizeof(buf), "%g", std::chrono::duration<double>(d).count());
+    return buf;
   }
   void on_output(steady::time_point t, int32_t tokens) {
     if (!got_output) {
@@ -114,6 +147,7 @@ struct request_state {
       out.itl_ms.push_back(ms_between(last, t));
     }
     last = t;
+    ++num_chunks;
     chunk_tokens += tokens;
   }
   void on_usage(const json& usage) {
@@ -163,7 +197,7 @@ struct serve_client::impl {
   std::mutex pool_mu;
   std::vector<std::unique_ptr<beast::tcp_stream>> idle;  // keep-alive HTTP connections ready for reuse
   std::vector<std::shared_ptr<ws_conn>> ws;
-  std::atomic<uint64_t> next_id{0};
+  std::atomic<uint64_t> next_id{0};  // names requests r0, r1, ... for both backends
 
   explicit impl(client_options o) : opt(std::move(o)), ioc(std::max(1, opt.io_threads)) {}
   std::unique_ptr<beast::tcp_stream> take_idle() {
@@ -182,7 +216,8 @@ struct serve_client::impl {
 // One streamed /v1/completions request on its own (possibly reused keep-alive) connection.
 class http_op : public std::enable_shared_from_this<http_op> {
  public:
-  http_op(serve_client::impl& c, const sample_request& r, done_fn done) : c_(c), st_(r, std::move(done)) {
+  http_op(serve_client::impl& c, const sample_request& r, std::string id, done_fn done)
+      : c_(c), st_(r, std::move(id), "openai", c.opt.request_timeout, std::move(done)) {
     json j = request_json(r, c.opt.model);
     if (r.prompt_ids.empty()) {
       j["prompt"] = r.prompt_text;
@@ -213,19 +248,19 @@ class http_op : public std::enable_shared_from_this<http_op> {
  private:
   void connect() {
     stream_ = std::make_unique<beast::tcp_stream>(net::make_strand(c_.ioc));
-    stream_->expires_after(c_.opt.timeout);
+    arm();
     stream_->async_connect(c_.endpoints,
                            [self = shared_from_this()](beast::error_code ec, const tcp::endpoint&) {
-                             if (ec) return self->fail("connect: " + ec.message());
+                             if (ec) return self->fail("connect", ec);
                              self->stream_->socket().set_option(tcp::no_delay(true), ec);
                              self->write();
                            });
   }
 
   void write() {
-    stream_->expires_after(c_.opt.timeout);
+    arm();
     http::async_write(*stream_, req_, [self = shared_from_this()](beast::error_code ec, size_t) {
-      if (ec) return self->retry_or_fail("write: " + ec.message());
+      if (ec) return self->retry_or_fail("write", ec);
       self->read_header();
     });
   }
@@ -234,10 +269,10 @@ class http_op : public std::enable_shared_from_this<http_op> {
     parser_.emplace();
     parser_->body_limit(boost::none);
     rbuf_.clear();
-    stream_->expires_after(c_.opt.timeout);
+    arm();
     http::async_read_header(*stream_, rbuf_, *parser_,
                             [self = shared_from_this()](beast::error_code ec, size_t) {
-                              if (ec) return self->retry_or_fail("read: " + ec.message());
+                              if (ec) return self->retry_or_fail("read", ec);
                               self->status_ = self->parser_->get().result_int();
                               self->read_body();
                             });
@@ -247,12 +282,12 @@ class http_op : public std::enable_shared_from_this<http_op> {
     if (parser_->is_done()) return complete(steady::now());
     parser_->get().body().data = chunk_;
     parser_->get().body().size = sizeof(chunk_);
-    stream_->expires_after(c_.opt.timeout);
+    arm();
     http::async_read_some(*stream_, rbuf_, *parser_,
                           [self = shared_from_this()](beast::error_code ec, size_t) {
                             const auto t = steady::now();
                             if (ec == http::error::need_buffer) ec = {};
-                            if (ec) return self->fail("read: " + ec.message());
+                            if (ec) return self->fail("read", ec);
                             const size_t n = sizeof(self->chunk_) - self->parser_->get().body().size;
                             if (self->on_bytes(t, std::string_view(self->chunk_, n))) self->read_body();
                           });
@@ -304,16 +339,30 @@ class http_op : public std::enable_shared_from_this<http_op> {
     st_.finish(t, std::move(err));
   }
 
+  // The silence timeout for the next operation, cut short by the request's deadline (the stream's timer
+  // then fails it with beast::error::timeout, which fail() tells apart by the clock).
+  void arm() {
+    const steady::duration left = st_.deadline - steady::now();
+    const steady::duration silence = c_.opt.timeout;
+    stream_->expires_after(std::max(steady::duration::zero(), std::min(silence, left)));
+  }
+
   // A kept-alive connection the server has since closed fails before any answer: try a fresh one once.
-  void retry_or_fail(const std::string& what) {
-    if (reused_) {
+  void retry_or_fail(const char* op, beast::error_code ec) {
+    if (reused_ && !st_.past_deadline()) {
       reused_ = false;
       close();
       return connect();
     }
-    fail(what);
+    fail(op, ec);
   }
 
+  void fail(const char* op, beast::error_code ec) {
+    if (ec == beast::error::timeout) {
+      return fail(st_.past_deadline() ? st_.deadline_error() : st_.silence_error(c_.opt.timeout));
+    }
+    fail(std::string(op) + ": " + ec.message());
+  }
   void fail(const std::string& what) {
     close();
     st_.finish(steady::now(), what);
@@ -342,6 +391,11 @@ class http_op : public std::enable_shared_from_this<http_op> {
 
 // One WebSocket carrying many requests, told apart by id. All state lives on the socket's strand.
 class ws_conn : public std::enable_shared_from_this<ws_conn> {
+  struct live_request {
+    std::shared_ptr<request_state> st;
+    std::unique_ptr<net::steady_timer> timer;  // deadline and silence, on the strand; destroyed = cancelled
+  };
+
  public:
   explicit ws_conn(serve_client::impl& c) : c_(c), ws_(net::make_strand(c.ioc)) {}
 
@@ -373,7 +427,7 @@ class ws_conn : public std::enable_shared_from_this<ws_conn> {
   }
 
   void submit(const sample_request& r, const std::string& id, done_fn done) {
-    auto st = std::make_shared<request_state>(r, std::move(done));
+    auto st = std::make_shared<request_state>(r, id, "ws", c_.opt.request_timeout, std::move(done));
     json j = request_json(r, c_.opt.model);
     j["type"] = "generate";
     j["id"] = id;
@@ -384,27 +438,39 @@ class ws_conn : public std::enable_shared_from_this<ws_conn> {
     }
     net::post(ws_.get_executor(), [self = shared_from_this(), st, id, msg = j.dump()]() mutable {
       if (self->dead_) return st->finish(steady::now(), "WebSocket: " + self->why_dead_);
-      self->live_[id] = std::move(st);
-      self->outq_.push_back(std::move(msg));
-      if (self->outq_.size() == 1) self->write();
+      live_request& lr = self->live_[id];
+      lr.st = std::move(st);
+      lr.timer = std::make_unique<net::steady_timer>(self->ws_.get_executor());
+      self->arm(id, lr);
+      self->send(std::move(msg));
     });
   }
 
   void close() {
     net::post(ws_.get_executor(), [self = shared_from_this()] {
-      if (self->dead_) return;
+      if (self->dead_ || self->closing_) return;
       self->closing_ = true;
-      self->ws_.async_close(websocket::close_code::normal, [self](beast::error_code) {});
+      if (self->outq_.empty()) self->start_close();  // else once the queued messages (cancels) are out
     });
   }
 
  private:
+  void send(std::string msg) {
+    outq_.push_back(std::move(msg));
+    if (outq_.size() == 1) write();
+  }
+
   void write() {
     ws_.async_write(net::buffer(outq_.front()), [self = shared_from_this()](beast::error_code ec, size_t) {
       if (ec) return self->die("write: " + ec.message());
       self->outq_.pop_front();
-      if (!self->outq_.empty()) self->write();
+      if (!self->outq_.empty()) return self->write();
+      if (self->closing_) self->start_close();
     });
+  }
+
+  void start_close() {
+    ws_.async_close(websocket::close_code::normal, [self = shared_from_this()](beast::error_code) {});
   }
 
   void read() {
@@ -424,8 +490,9 @@ class ws_conn : public std::enable_shared_from_this<ws_conn> {
     const std::string type = j.value("type", std::string());
     if (!j.contains("id") || !j["id"].is_string()) return;  // an error not tied to a request: nothing to time
     auto it = live_.find(j["id"].get<std::string>());
-    if (it == live_.end()) return;
-    auto& st = *it->second;
+    if (it == live_.end()) return;  // e.g. the done or error frame of a request cancelled at its deadline
+    auto& st = *it->second.st;
+    st.last_activity = t;
     if (type == "token") {
       const auto ids = j.find("token_ids");
       st.on_output(t, ids != j.end() && ids->is_array() ? static_cast<int32_t>(ids->size()) : 1);
@@ -440,11 +507,43 @@ class ws_conn : public std::enable_shared_from_this<ws_conn> {
     }
   }
 
+  // The socket is never silent (keep-alive pings), so each request keeps its own time: one timer wakes at
+  // its deadline or when nothing has come for it for --timeout, whichever is first. Frames only move
+  // last_activity; the timer re-arms itself when it finds the request still active.
+  void arm(const std::string& id, live_request& lr) {
+    const request_state& st = *lr.st;
+    lr.timer->expires_at(std::min(st.deadline, st.last_activity + c_.opt.timeout));
+    lr.timer->async_wait([self = shared_from_this(), id, which = lr.st.get()](beast::error_code ec) {
+      if (!ec) self->on_timer(id, which);
+    });
+  }
+
+  // Fails a request that ran past its deadline or went silent, and cancels it on the server so that it
+  // stops using the engine; the frames that still come for it are ignored.
+  void on_timer(const std::string& id, const request_state* which) {
+    auto it = live_.find(id);
+    if (it == live_.end() || it->second.st.get() != which) return;
+    const auto now = steady::now();
+    const request_state& cur = *it->second.st;
+    std::string why;
+    if (now >= cur.deadline) {
+      why = cur.deadline_error();
+    } else if (now >= cur.last_activity + c_.opt.timeout) {
+      why = cur.silence_error(c_.opt.timeout);
+    } else {
+      return arm(id, it->second);
+    }
+    const auto st = std::move(it->second.st);
+    live_.erase(it);
+    if (!dead_ && !closing_) send(json{{"type", "cancel"}, {"id", id}}.dump());
+    st->finish(now, std::move(why));
+  }
+
   void die(const std::string& why) {
     dead_ = true;
     why_dead_ = why;
-    for (auto& [id, st] : live_) st->finish(steady::now(), "WebSocket: " + why);
-    live_.clear();
+    for (auto& [id, lr] : live_) lr.st->finish(steady::now(), "WebSocket: " + why);
+    live_.clear();  // destroying the timers cancels their waits
     if (!closing_) {
       beast::error_code ec;
       beast::get_lowest_layer(ws_).socket().close(ec);
@@ -455,7 +554,7 @@ class ws_conn : public std::enable_shared_from_this<ws_conn> {
   websocket::stream<beast::tcp_stream> ws_;
   beast::flat_buffer rbuf_;
   std::deque<std::string> outq_;  // whole messages; Beast allows one write in flight
-  std::unordered_map<std::string, std::shared_ptr<request_state>> live_;
+  std::unordered_map<std::string, live_request> live_;
   bool dead_ = false, closing_ = false;
   std::string why_dead_;
 };
@@ -499,12 +598,13 @@ serve_client::~serve_client() {
 
 void serve_client::submit(const sample_request& r, done_fn done) {
   auto& c = *impl_;
+  const uint64_t n = c.next_id.fetch_add(1);
+  std::string id = "r" + std::to_string(n);
   if (c.opt.backend == backend_kind::ws) {
-    const uint64_t n = c.next_id.fetch_add(1);
-    c.ws[n % c.ws.size()]->submit(r, "r" + std::to_string(n), std::move(done));
+    c.ws[n % c.ws.size()]->submit(r, id, std::move(done));
     return;
   }
-  std::make_shared<http_op>(c, r, std::move(done))->run();
+  std::make_shared<http_op>(c, r, std::move(id), std::move(done))->run();
 }
 
 std::string http_get(const server_address& server, const std::string& target, const std::string& api_key) {

@@ -47,6 +47,9 @@ struct client_options {
   int32_t io_threads = 2;
   int32_t ws_connections = 4;         // sockets the ws backend spreads requests over (each carries many)
   std::chrono::seconds timeout{300};  // longest silence allowed while waiting for a response
+  // Longest a request may take from submit to its final event. WebSocket keep-alive pings keep a socket
+  // from ever being silent, so without this a lost final frame would hang the run instead of failing it.
+  std::chrono::milliseconds request_timeout{600'000};
 };
 
 using done_fn = std::function<void(request_outcome)>;
@@ -62,6 +65,9 @@ class serve_client {
 
   // Sends one request now (ignore_eos, max_tokens = r.output_len, greedy). Thread-safe. `done` runs
   // exactly once, on an io thread; the outcome's times count from this call (start_s is left to the caller).
+  // Requests are named r0, r1, ... in submit order (the ws backend's ids; error messages use them for both
+  // backends). One still running after request_timeout fails with an error naming it and the backend
+  // (a ws request is then cancelled on the server).
   void submit(const sample_request& r, done_fn done);
 
   struct impl;

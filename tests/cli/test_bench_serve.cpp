@@ -1,11 +1,24 @@
 // The pure parts of `troupe bench serve`: figures (percentiles, TPOT, goodput), dataset sampling,
-// arrivals, the ShareGPT filter on tests/cli/data/sharegpt_small.json, the SSE reader and URL parsing.
+// arrivals, the ShareGPT filter on tests/cli/data/sharegpt_small.json, the SSE reader and URL parsing;
+// and the client's per-request deadline against in-process servers that never end a stream.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/write.hpp>
+#include <boost/beast/core.hpp>
+#include <boost/beast/http.hpp>
+#include <boost/beast/websocket.hpp>
 #include <cmath>
+#include <condition_variable>
+#include <future>
 #include <map>
+#include <mutex>
+#include <nlohmann/json.hpp>
 #include <set>
 #include <sstream>
+#include <thread>
 
 #include "cli/bench_serve_client.h"
 #include "cli/bench_serve_dataset.h"
@@ -271,6 +284,203 @@ TEST(BenchServeClient, ParseBaseUrl) {
   for (const char* bad : {"https://h:1", "127.0.0.1:8000", "http://", "http://h:", "http://h:port"}) {
     EXPECT_THROW(parse_base_url(bad), troupe::error) << bad;
   }
+}
+
+// A one-connection server on 127.0.0.1 that streams one output chunk for every request and ends the
+// streams of `finish_ids` only: the others stay open forever (their final frame is "lost").
+class stalling_server {
+ public:
+  enum class kind { ws, openai };
+  stalling_server(kind k, std::set<std::string> finish_ids) : kind_(k), finish_(std::move(finish_ids)) {
+    acceptor_.open(tcp::v4());
+    acceptor_.bind({boost::asio::ip::make_address("127.0.0.1"), 0});
+    acceptor_.listen();
+    thread_ = std::thread([this] { run(); });
+  }
+  ~stalling_server() { thread_.join(); }
+
+  std::string url() const { return "http://127.0.0.1:" + std::to_string(acceptor_.local_endpoint().port()); }
+  // The ids of the cancel messages received, once the client has closed its connection.
+  std::vector<std::string> cancels() {
+    std::unique_lock<std::mutex> lk(mu_);
+    cv_.wait(lk, [&] { return ended_; });
+    return cancels_;
+  }
+
+ private:
+  using tcp = boost::asio::ip::tcp;
+  using json = nlohmann::json;
+
+  void run() {
+    tcp::socket sock(ioc_);
+    acceptor_.accept(sock);
+    try {
+      if (kind_ == kind::ws) {
+        serve_ws(std::move(sock));
+      } else {
+        serve_openai(std::move(sock));
+      }
+    } catch (const std::exception&) {
+      // the client went away: the end of the test
+    }
+    std::lock_guard<std::mutex> lk(mu_);
+    ended_ = true;
+    cv_.notify_all();
+  }
+
+  void serve_ws(tcp::socket sock) {
+    namespace websocket = boost::beast::websocket;
+    websocket::stream<tcp::socket> ws(std::move(sock));
+    ws.accept();
+    ws.text(true);
+    for (;;) {
+      boost::beast::flat_buffer buf;
+      ws.read(buf);
+      const json m = json::parse(boost::beast::buffers_to_string(buf.data()));
+      const std::string id = m.at("id");
+      if (m.at("type") == "cancel") {
+        std::lock_guard<std::mutex> lk(mu_);
+        cancels_.push_back(id);
+        continue;
+      }
+      ws.write(boost::asio::buffer(json{{"type", "token"}, {"id", id}, {"token_ids", {7}}}.dump()));
+      if (finish_.count(id)) {
+        ws.write(boost::asio::buffer(json{
+            {"type", "done"}, {"id", id}, {"finish_reason", "length"}, {"usage", {{"completion_tokens", 1}}}}
+                                         .dump()));
+      }
+    }
+  }
+
+  void serve_openai(tcp::socket sock) {
+    namespace http = boost::beast::http;
+    boost::beast::flat_buffer buf;
+    http::request<http::string_body> req;
+    http::read(sock, buf, req);
+    const std::string event = "data: {\"choices\":[{\"text\":\"x\"}]}\n\n";
+    std::ostringstream chunk;
+    chunk << std::hex << event.size() << "\r\n" << event << "\r\n";
+    const std::string head =
+        "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n" +
+        chunk.str();
+    boost::asio::write(sock, boost::asio::buffer(head));
+    char c;
+    sock.read_some(boost::asio::buffer(&c, 1));  // until the client gives up and closes: throws eof
+  }
+
+  kind kind_;
+  std::set<std::string> finish_;
+  boost::asio::io_context ioc_;
+  tcp::acceptor acceptor_{ioc_};
+  std::thread thread_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool ended_ = false;
+  std::vector<std::string> cancels_;
+};
+
+sample_request tiny_request() {
+  sample_request r;
+  r.prompt_ids = {1, 2, 3};
+  r.prompt_len = 3;
+  r.output_len = 4;
+  return r;
+}
+
+// Submits the requests at once and waits for every outcome (the client's own deadline must end them).
+std::vector<request_outcome> run_all(serve_client& client, int n) {
+  std::vector<std::future<request_outcome>> fs;
+  for (int i = 0; i < n; ++i) {
+    auto p = std::make_shared<std::promise<request_outcome>>();
+    fs.push_back(p->get_future());
+    client.submit(tiny_request(), [p](request_outcome o) { p->set_value(std::move(o)); });
+  }
+  std::vector<request_outcome> outs;
+  for (auto& f : fs) {
+    if (f.wait_for(std::chrono::seconds(30)) != std::future_status::ready) {
+      ADD_FAILURE() << "request r" << outs.size() << " hung";
+      outs.emplace_back();
+      continue;
+    }
+    outs.push_back(f.get());
+  }
+  return outs;
+}
+
+client_options short_deadline(const std::string& url, backend_kind b) {
+  client_options o;
+  o.server = parse_base_url(url);
+  o.backend = b;
+  o.ws_connections = 1;
+  o.request_timeout = std::chrono::milliseconds(300);  // the silence timeout stays at 300 s
+  return o;
+}
+
+TEST(BenchServeClient, WsRequestWhoseFinalFrameNeverComesFailsAtItsDeadlineAndIsCancelled) {
+  stalling_server server(stalling_server::kind::ws, {"r1"});
+  std::vector<request_outcome> outs;
+  {
+    serve_client client(short_deadline(server.url(), backend_kind::ws));
+    outs = run_all(client, 3);  // r0, r1, r2 on one socket; only r1 ends
+  }
+  ASSERT_EQ(outs.size(), 3u);
+  EXPECT_TRUE(outs[1].success) << outs[1].error;
+  for (int i : {0, 2}) {
+    const auto& o = outs[i];
+    EXPECT_FALSE(o.success);
+    EXPECT_NE(o.error.find("request r" + std::to_string(i) + " (ws backend) timed out"), std::string::npos)
+        << o.error;
+    EXPECT_NE(o.error.find("1 output chunks"), std::string::npos) << o.error;
+    EXPECT_GE(o.latency_ms, 300.0);
+    EXPECT_LT(o.latency_ms, 10000.0);
+  }
+  // The server is told to stop the requests the client gave up on, and nothing else.
+  auto cancels = server.cancels();
+  std::sort(cancels.begin(), cancels.end());
+  EXPECT_EQ(cancels, (std::vector<std::string>{"r0", "r2"}));
+  // Counted as failures, as vLLM's benchmark_serving counts them: in nothing but `failed`.
+  const run_summary s = summarize_run(outs, 1.0, {});
+  EXPECT_EQ(s.completed, 1);
+  EXPECT_EQ(s.failed, 2);
+  EXPECT_EQ(s.total_output_tokens, 1);
+}
+
+// The socket stays busy with keep-alive pings (the client's idle timeout is --timeout too), so the
+// silence of one request is timed per request.
+TEST(BenchServeClient, WsRequestThatGoesSilentFailsAfterTimeoutThoughPingsKeepTheSocketAlive) {
+  stalling_server server(stalling_server::kind::ws, {});
+  std::vector<request_outcome> outs;
+  {
+    client_options o = short_deadline(server.url(), backend_kind::ws);
+    o.request_timeout = std::chrono::minutes(10);
+    o.timeout = std::chrono::seconds(1);
+    serve_client client(o);
+    outs = run_all(client, 1);
+  }
+  ASSERT_EQ(outs.size(), 1u);
+  EXPECT_FALSE(outs[0].success);
+  EXPECT_NE(outs[0].error.find("request r0 (ws backend) timed out: nothing came for it for 1 s (--timeout)"),
+            std::string::npos)
+      << outs[0].error;
+  EXPECT_GE(outs[0].latency_ms, 1000.0);
+  EXPECT_LT(outs[0].latency_ms, 10000.0);
+  EXPECT_EQ(server.cancels(), (std::vector<std::string>{"r0"}));
+}
+
+TEST(BenchServeClient, OpenaiRequestWhoseStreamNeverEndsFailsAtItsDeadline) {
+  stalling_server server(stalling_server::kind::openai, {});
+  std::vector<request_outcome> outs;
+  {
+    serve_client client(short_deadline(server.url(), backend_kind::openai));
+    outs = run_all(client, 1);
+  }
+  ASSERT_EQ(outs.size(), 1u);
+  EXPECT_FALSE(outs[0].success);
+  EXPECT_NE(outs[0].error.find("request r0 (openai backend) timed out"), std::string::npos) << outs[0].error;
+  EXPECT_NE(outs[0].error.find("1 output chunks"), std::string::npos) << outs[0].error;
+  EXPECT_GE(outs[0].latency_ms, 300.0);
+  EXPECT_LT(outs[0].latency_ms, 10000.0);
+  server.cancels();  // the server saw the connection close
 }
 
 }  // namespace

@@ -2,6 +2,8 @@
 """`troupe bench serve` end to end: starts the real `troupe serve` on the embedded model (CPU) on port 0,
 runs the benchmark with both backends (openai SSE and ws) at a Poisson rate on the prefix dataset, checks
 the JSON record and that the server's prefix cache was hit, then stops the server with SIGTERM.
+Every run has a --request-timeout well inside the test's own limit: a request that never ends (a stalled
+engine, a lost final frame) fails with its id in the record instead of hanging the test until ctest kills it.
 Usage: test_bench_serve.py TROUPE_BINARY SOURCE_DIR"""
 import json
 import os
@@ -18,6 +20,9 @@ import urllib.request
 TROUPE = sys.argv[1]
 ROOT = sys.argv[2]
 NUM_PROMPTS, PREFIX_LEN, INPUT_LEN, OUTPUT_LEN = 24, 32, 32, 16
+# A request takes about a second here. With the engine stuck, the capped ws case (4 waves of 6) still ends
+# within the limit, its 24 failures named in the record.
+BENCH_LIMIT_S, REQUEST_TIMEOUT_S = 120, 25
 
 
 def start_server():
@@ -59,7 +64,12 @@ def prefix_cache_hits(base_url):
 
 
 def bench(*args, check=True):
-    p = subprocess.run([TROUPE, "bench", "serve", *args], capture_output=True, text=True, timeout=120)
+    try:
+        p = subprocess.run([TROUPE, "bench", "serve", *args], capture_output=True, text=True,
+                           timeout=BENCH_LIMIT_S)
+    except subprocess.TimeoutExpired as e:
+        err = e.stderr.decode(errors="replace") if isinstance(e.stderr, bytes) else (e.stderr or "")
+        raise AssertionError(f"bench serve {' '.join(args)} still ran after {BENCH_LIMIT_S} s:\n{err}") from None
     if check and p.returncode != 0:
         raise AssertionError(f"bench serve {' '.join(args)} failed ({p.returncode}):\n{p.stdout}\n{p.stderr}")
     return p
@@ -86,16 +96,20 @@ class BenchServe(unittest.TestCase):
         p = bench("--base-url", self.url, "--backend", backend, "--dataset", "prefix", "--prefix-len",
                   str(PREFIX_LEN), "--input-len", str(INPUT_LEN), "--output-len", str(OUTPUT_LEN), "--num-prompts",
                   str(NUM_PROMPTS), "--request-rate", "40", "--seed", "1", "--goodput", "ttft:5000", "e2el:20000",
-                  "--json", path, *extra)
+                  "--request-timeout", str(REQUEST_TIMEOUT_S), "--json", path, *extra)
         with open(path) as f:
             rec = json.load(f)
         return p, rec, prefix_cache_hits(self.url) - hits_before
 
     def check_record(self, rec, backend):
         cfg, s, reqs = rec["config"], rec["summary"], rec["requests"]
+        if s["failed"]:  # at once: ctest may kill the run before unittest prints its tracebacks
+            print(f"{backend}: {s['failed']} requests failed:", *sorted({r["error"] for r in reqs if r["error"]}),
+                  sep="\n  ", file=sys.stderr, flush=True)
         self.assertEqual(cfg["backend"], backend)
         self.assertEqual(cfg["model"], "default")  # the first of GET /v1/models
         self.assertEqual(cfg["request_rate"], 40)
+        self.assertEqual(cfg["request_timeout_s"], REQUEST_TIMEOUT_S)
         self.assertEqual(s["failed"], 0, [r["error"] for r in reqs if r["error"]])
         self.assertEqual(s["completed"], NUM_PROMPTS)
         self.assertEqual(len(reqs), NUM_PROMPTS)
@@ -161,7 +175,8 @@ class BenchServe(unittest.TestCase):
         path = os.path.join(self.tmp.name, "sharegpt.json")
         bench("--base-url", self.url, "--backend", "ws", "--dataset", "sharegpt", "--dataset-path",
               os.path.join(ROOT, "tests", "cli", "data", "sharegpt_small.json"), "--tokenizer",
-              os.path.join(ROOT, "models", "default"), "--num-prompts", "6", "--json", path)
+              os.path.join(ROOT, "models", "default"), "--num-prompts", "6", "--request-timeout",
+              str(REQUEST_TIMEOUT_S), "--json", path)
         with open(path) as f:
             rec = json.load(f)
         self.assertEqual(rec["summary"]["completed"], 6)
@@ -175,6 +190,7 @@ class BenchServe(unittest.TestCase):
         for args, want in ((["--backend", "grpc"], "--backend must be openai or ws"),
                            (["--dataset", "sharegpt"], "needs --dataset-path"),
                            (["--request-rate", "0"], "--request-rate must be > 0"),
+                           (["--request-timeout", "0"], "--request-timeout must be"),
                            (["--goodput", "ttft"], "--goodput"),
                            (["--base-url", self.url, "--model", "nope", "--num-prompts", "2", "--input-len", "4",
                              "--output-len", "2"], "the test request failed")):
