@@ -15,6 +15,24 @@
 
 namespace troupe::kernels::cuda {
 
+// The rotary embedding applied by the decode kernel itself (flash decode with one query token per sequence;
+// rope_write_kv then need not run): q points at the unrotated rows of the merged q/k/v projection output
+// (q_stride its row width), each token's new key and value follow its query heads in that row, and the
+// kernel rotates q and the new key, writes the new K/V into the cache through slot_mapping and attends,
+// exactly as rope_write_kv followed by the attention. Disabled while positions is null.
+struct attention_rope {
+  const int32_t* positions = nullptr;     // [num_tokens]
+  const float* inv_freq = nullptr;        // [num_tokens or 1, head_dim / 2]
+  int64_t inv_freq_stride = 0;            // 0: one table for every token
+  const int32_t* slot_mapping = nullptr;  // [num_tokens]: where the new K/V go
+  const __nv_bfloat16* q_norm_w = nullptr;  // [head_dim] or null (Qwen3's per-head norms)
+  const __nv_bfloat16* k_norm_w = nullptr;  // [head_dim] or null
+  float norm_eps = 1e-6f;
+  __nv_bfloat16* qkv = nullptr;      // the same rows as q, writable: the unfused fallback rotates them in place
+  __nv_bfloat16* k_cache = nullptr;  // the params' caches, writable (the new K/V are written here)
+  __nv_bfloat16* v_cache = nullptr;
+};
+
 struct attention_params {
   const __nv_bfloat16* q;        // [num_tokens, q_stride]: heads [0, num_heads) of head_dim at the row start
   const __nv_bfloat16* k_cache;  // [num_blocks, block_size, num_kv_heads, head_dim]
@@ -39,6 +57,7 @@ struct attention_params {
   int32_t block_size = 0;
   float scale = 1.0f;
   int32_t sliding_window = 0;  // 0 = full causal; else a query at p sees keys in (p - window, p]
+  attention_rope rope;         // flash_attention_decode only
 };
 
 constexpr int kPagedPartition = 512;  // keys per block of paged_attention_decode

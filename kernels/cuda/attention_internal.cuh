@@ -112,7 +112,7 @@ inline int64_t split_floats(int64_t rows, int64_t head_dim, int num_splits) {
 // head), num_splits key splits whose partials the caller merges. Resident blocks on `sms` SMs (head_dim
 // 128 instance).
 int flash_decode_warp_resident_blocks(int sms);
-void flash_decode_warp(const attention_params& p, int num_splits, cudaStream_t stream);
+void flash_decode_warp(const attention_params& p, int num_splits, int sms, cudaStream_t stream);
 
 // out[row] = sum_s 2^(lse_s - max) * part_o[s, row] / sum_s 2^(lse_s - max)
 void merge_splits(split_views parts, __nv_bfloat16* out, int64_t rows, int head_dim, int num_splits,

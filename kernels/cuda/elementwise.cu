@@ -7,6 +7,7 @@
 #include "kernels/cuda/check.h"
 #include "kernels/cuda/ops.h"
 #include "kernels/cuda/pdl.h"
+#include "kernels/cuda/rope.cuh"
 
 namespace troupe::kernels::cuda {
 
@@ -149,20 +150,16 @@ __global__ void silu_mul_kernel(const bf16x8* gate_up, bf16x8* out, int64_t rows
   }
 }
 
-// One warp per (row, head) over the q, k and v heads of the merged qkv row. Lane l owns the rotation pairs
-// (i, i + half) for i in [l * kPairs, (l + 1) * kPairs), so each lane holds both halves it rotates; at
-// head_dim 32 only 16 lanes have a pair.
+// One warp per (row, head) over the q, k and v heads of the merged qkv row (lane layout: detail::rope_lanes).
 template <int kHeadDim>
 __global__ void rope_write_kv_kernel(rope_write_kv_params p) {
   pdl_wait();
-  constexpr int kHalf = kHeadDim / 2;
-  constexpr int kLanesUsed = kHalf < 32 ? kHalf : 32;
-  constexpr int kPairs = kHalf / kLanesUsed;
+  using L = detail::rope_lanes<kHeadDim>;
   const int total_heads = p.num_heads + 2 * p.num_kv_heads;
   const int64_t item = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
   const int lane = threadIdx.x % 32;
   if (item >= p.rows * total_heads) return;
-  const bool active = lane < kLanesUsed;
+  const bool active = lane < L::kLanesUsed;
   const int64_t r = item / total_heads;
   const int h = static_cast<int>(item % total_heads);
   bf16* v = p.qkv + r * total_heads * kHeadDim + static_cast<int64_t>(h) * kHeadDim;
@@ -170,54 +167,33 @@ __global__ void rope_write_kv_kernel(rope_write_kv_params p) {
   const bool is_v = h >= p.num_heads + p.num_kv_heads;
   const int kv_head = is_v ? h - p.num_heads - p.num_kv_heads : h - p.num_heads;
   const int64_t cache_off = (static_cast<int64_t>(slot) * p.num_kv_heads + kv_head) * kHeadDim;
-  const int i0 = active ? lane * kPairs : 0;
+  const int i0 = active ? lane * L::kPairs : 0;
   if (is_v) {  // v: copied to the cache unchanged
     if (slot < 0 || !active) return;
 #pragma unroll
-    for (int j = 0; j < kPairs; ++j) {
+    for (int j = 0; j < L::kPairs; ++j) {
       p.v_cache[cache_off + i0 + j] = v[i0 + j];
-      p.v_cache[cache_off + kHalf + i0 + j] = v[kHalf + i0 + j];
+      p.v_cache[cache_off + L::kHalf + i0 + j] = v[L::kHalf + i0 + j];
     }
     return;
   }
   const bool is_q = h < p.num_heads;
-  float a[kPairs], b[kPairs];
-  float ss = 0.0f;
-#pragma unroll
-  for (int j = 0; j < kPairs; ++j) {
-    a[j] = __bfloat162float(v[i0 + j]);
-    b[j] = __bfloat162float(v[kHalf + i0 + j]);
-    if (active) ss += a[j] * a[j] + b[j] * b[j];
-  }
-  const bf16* norm_w = is_q ? p.q_norm_w : p.k_norm_w;
-  if (norm_w != nullptr) {
-    const float inv = rsqrtf(warp_sum(ss) / kHeadDim + p.norm_eps);
-#pragma unroll
-    for (int j = 0; j < kPairs; ++j) {
-      // Round to bf16 between the norm and the rotation: the unfused path stores the normed q/k.
-      a[j] = __bfloat162float(__float2bfloat16(__bfloat162float(norm_w[i0 + j]) * (a[j] * inv)));
-      b[j] = __bfloat162float(__float2bfloat16(__bfloat162float(norm_w[kHalf + i0 + j]) * (b[j] * inv)));
-    }
-  }
+  bf16 ra[L::kPairs], rb[L::kPairs];
+  detail::rope_rotate_head<kHeadDim>(v, is_q ? p.q_norm_w : p.k_norm_w, p.norm_eps,
+                                     static_cast<float>(p.positions[r]), p.inv_freq + r * p.inv_freq_stride,
+                                     lane, ra, rb);
   if (!active) return;
-  const float pos = static_cast<float>(p.positions[r]);
-  const float* f = p.inv_freq + r * p.inv_freq_stride;
 #pragma unroll
-  for (int j = 0; j < kPairs; ++j) {
-    float sn, cs;
-    sincosf(pos * f[i0 + j], &sn, &cs);
-    const bf16 ra = __float2bfloat16(a[j] * cs - b[j] * sn);
-    const bf16 rb = __float2bfloat16(b[j] * cs + a[j] * sn);
-    v[i0 + j] = ra;
-    v[kHalf + i0 + j] = rb;
+  for (int j = 0; j < L::kPairs; ++j) {
+    v[i0 + j] = ra[j];
+    v[L::kHalf + i0 + j] = rb[j];
     if (!is_q && slot >= 0) {
-      p.k_cache[cache_off + i0 + j] = ra;
-      p.k_cache[cache_off + kHalf + i0 + j] = rb;
+      p.k_cache[cache_off + i0 + j] = ra[j];
+      p.k_cache[cache_off + L::kHalf + i0 + j] = rb[j];
     }
   }
 }
 
-// y[r, :] += bias, 8 columns per thread.
 __global__ void add_bias_kernel(bf16x8* y, const bf16x8* bias, int64_t rows, int64_t vecs_per_row) {
   const int64_t total = rows * vecs_per_row;
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total;

@@ -14,6 +14,7 @@
 #include "kernels/cuda/attention.h"
 #include "kernels/cuda/attention_internal.cuh"
 #include "kernels/cuda/check.h"
+#include "kernels/cuda/ops.h"
 #include "kernels/cuda/pdl.h"
 
 namespace troupe::kernels::cuda {
@@ -556,15 +557,54 @@ void decode_warp_tiles(const attention_params& p, int num_splits, cudaStream_t s
                                       flash_decode_warp_resident_blocks(sm_count()));
   }
   num_splits = fit_splits(p, num_splits, tiles);
-  flash_decode_warp(p, num_splits, stream);
+  flash_decode_warp(p, num_splits, sm_count(), stream);
   merge_if_split(p, num_splits, stream);
 }
 
 }  // namespace
 
-void flash_attention_decode(const attention_params& p, cudaStream_t stream, int num_splits,
+namespace {
+
+// attention_params::rope where the kernel that runs cannot apply it: rope_write_kv first, then the
+// attention on the rotated rows with the rope off.
+attention_params rope_unfused(const attention_params& p, cudaStream_t stream) {
+  rope_write_kv_params rp{};
+  rp.qkv = p.rope.qkv;
+  rp.positions = p.rope.positions;
+  rp.inv_freq = p.rope.inv_freq;
+  rp.inv_freq_stride = p.rope.inv_freq_stride;
+  rp.slot_mapping = p.rope.slot_mapping;
+  rp.k_cache = p.rope.k_cache;
+  rp.v_cache = p.rope.v_cache;
+  rp.q_norm_w = p.rope.q_norm_w;
+  rp.k_norm_w = p.rope.k_norm_w;
+  rp.norm_eps = p.rope.norm_eps;
+  rp.rows = p.num_tokens;
+  rp.num_heads = p.num_heads;
+  rp.num_kv_heads = p.num_kv_heads;
+  rp.head_dim = p.head_dim;
+  TROUPE_KERNEL_REQUIRE(rp.qkv == p.q && p.q_stride == (p.num_heads + 2 * p.num_kv_heads) * p.head_dim,
+                        "attention rope: q must be the merged q/k/v rows");
+  rope_write_kv(rp, stream);
+  attention_params q = p;
+  q.rope = attention_rope{};
+  return q;
+}
+
+}  // namespace
+
+void flash_attention_decode(const attention_params& p_in, cudaStream_t stream, int num_splits,
                             flash_decode_kernel kernel, int stages) {
-  check_params(p);
+  check_params(p_in);
+  attention_params p = p_in;
+  if (p.rope.positions != nullptr) {
+    TROUPE_KERNEL_REQUIRE(p.rope.qkv == p.q && p.rope.k_cache == p.k_cache && p.rope.v_cache == p.v_cache &&
+                              p.rope.slot_mapping != nullptr && p.rope.inv_freq != nullptr,
+                          "attention rope: incomplete");
+    const int g = p.num_heads / p.num_kv_heads;
+    const bool fusable = p.max_q_len == 1 && g <= 16 && kernel != flash_decode_kernel::block_tiles;
+    if (!fusable) p = rope_unfused(p, stream);
+  }
   TROUPE_KERNEL_REQUIRE(stages == 0 || stages == 2 || stages == 3,
                         "flash decode: stages " << stages << " not in {0, 2, 3}");
   if (p.num_tokens == 0) return;
@@ -586,6 +626,8 @@ void flash_attention(const attention_params& p, cudaStream_t stream) {
   const int group = p.num_kv_heads > 0 ? p.num_heads / p.num_kv_heads : 1;
   if (static_cast<int64_t>(p.max_q_len) * group <= 16) {
     flash_attention_decode(p, stream);
+  } else if (p.rope.positions != nullptr) {
+    flash_attention_prefill(rope_unfused(p, stream), stream);
   } else {
     flash_attention_prefill(p, stream);
   }

@@ -9,15 +9,20 @@
 // splits of the key range over blocks merge through detail::merge_splits as before.
 // S = Q K^T and O += P V run on m16n8k16 MMAs (the 16 query rows are the m dimension), softmax online in the
 // log2 domain, shared-memory tiles XOR-swizzled in 16-byte chunks (ldmatrix without bank conflicts).
+// Programmatic dependent launch: the block table and the first tiles of keys older than this step are
+// requested before pdl_wait(), so they load while the kernel before finishes. With attention_params::rope
+// the kernel also does rope_write_kv's work for its heads (the decode graph then skips that launch).
 #include <cuda_bf16.h>
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 
 #include "kernels/cuda/attention.h"
 #include "kernels/cuda/attention_internal.cuh"
 #include "kernels/cuda/check.h"
 #include "kernels/cuda/pdl.h"
+#include "kernels/cuda/rope.cuh"
 
 namespace troupe::kernels::cuda {
 
@@ -43,7 +48,9 @@ __global__ void __launch_bounds__(kWarps * 32)
     flash_decode_warp_kernel(attention_params p, int num_splits, int block_shift) {
   using C = warp_decode_cfg<D, kStages>;
   constexpr int kChunks = D / 8;
-  pdl_wait();
+  // Before pdl_wait() (while the kernel before this one finishes): only the step's inputs, uploaded before
+  // the step's first kernel, and the K/V of positions before this step's tokens, written by earlier steps:
+  // the block table is staged and this warp's first tiles of old keys are in flight when the wait returns.
   extern __shared__ __align__(128) unsigned char smem_raw[];
   __shared__ int32_t s_table[kTableCache];
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
@@ -65,9 +72,14 @@ __global__ void __launch_bounds__(kWarps * 32)
   const int t_end = min(t_last, t_begin + per_split);
   const int64_t out_rows = static_cast<int64_t>(p.num_tokens) * p.num_heads;
   const split_views parts = split_layout(p.workspace, out_rows, D, num_splits);
+  const bool fused_rope = p.rope.positions != nullptr;  // the launcher allows it with q_len == 1 only
+  // The new K/V (fused rope) are written by the one block whose keys include the last position (never an
+  // empty split).
+  const bool writes_new_kv = fused_rope && t_begin <= t_last - 1 && t_last - 1 < t_end;
   if (q_len <= 0) return;
   if (t_begin >= t_end) {  // an empty split still tells the merge it saw nothing
     if (num_splits > 1) {
+      pdl_wait();
       for (int r = tid; r < rows_total; r += blockDim.x) {
         const int64_t orow = static_cast<int64_t>(q0 + r / group) * p.num_heads + kv_head * group + r % group;
         parts.part_lse[split * out_rows + orow] = -INFINITY;
@@ -83,15 +95,6 @@ __global__ void __launch_bounds__(kWarps * 32)
     for (int i = tid; i < n_blk; i += blockDim.x) s_table[i] = table[blk_first + i];
   }
   const int64_t q_stride = p.q_stride > 0 ? p.q_stride : static_cast<int64_t>(p.num_heads) * D;
-  for (int c = tid; c < 16 * kChunks; c += blockDim.x) {
-    const int r = c / kChunks, ch = c % kChunks;
-    const bool valid = r < rows_total;
-    const int64_t off =
-        valid ? static_cast<int64_t>(q0 + r / group) * q_stride + (kv_head * group + r % group) * D + ch * 8
-              : 0;
-    cp_async16(sq + swz<D>(r, ch), p.q + off, valid);
-  }
-  cp_async_commit();
   __syncthreads();  // s_table
 
   // One warp tile: 16 keys of K and of V, 2 * 16 * kChunks 16-byte copies spread over the lanes.
@@ -111,15 +114,84 @@ __global__ void __launch_bounds__(kWarps * 32)
       cp_async16(dst + C::kTileElems + swz<D>(r, ch), p.v_cache + off, valid);
     }
   };
-  // Prologue: this warp's first kStages - 1 tiles, one commit group each (possibly empty).
+  // Prologue: this warp's first kStages - 1 tiles, one commit group each (possibly empty). Tiles of old
+  // keys only go before the wait; the first tile holding a position of this step waits for it.
+  int st0 = 0;
+  for (; st0 < kStages - 1; ++st0) {
+    const int t = t_begin + warp + kWarps * st0;
+    if (t < t_end && t * kKeys + kKeys - 1 >= pos_base) break;
+    if (t < t_end) load_tile(t, ring + st0 * 2 * C::kTileElems);
+    cp_async_commit();
+  }
+  pdl_wait();
+
+  if (fused_rope) {
+    // Rotate this group's query heads into sq (rows past rows_total zero), and, in the block that owns the
+    // last position, the new key into the cache with its value: rope_write_kv's work for these heads.
+    using RL = rope_lanes<D>;
+    const int tok = q0;  // q_len == 1
+    const bf16* row = p.q + static_cast<int64_t>(tok) * q_stride;
+    const float pos = static_cast<float>(p.rope.positions[tok]);
+    const float* inv_freq = p.rope.inv_freq + tok * p.rope.inv_freq_stride;
+    const int32_t slot = writes_new_kv ? p.rope.slot_mapping[tok] : -1;
+    const int64_t cache_off = (static_cast<int64_t>(slot) * p.num_kv_heads + kv_head) * D;
+    const int i0 = lane < RL::kLanesUsed ? lane * RL::kPairs : 0;
+    for (int item = warp; item < 18; item += kWarps) {
+      if (item < 16) {
+        if (item < rows_total) {
+          bf16 ra[RL::kPairs], rb[RL::kPairs];
+          rope_rotate_head<D>(row + (kv_head * group + item) * D, p.rope.q_norm_w, p.rope.norm_eps, pos,
+                              inv_freq, lane, ra, rb);
+          if (lane < RL::kLanesUsed) {
 #pragma unroll
-  for (int st = 0; st < kStages - 1; ++st) {
+            for (int j = 0; j < RL::kPairs; ++j) {
+              const int e = i0 + j, f = RL::kHalf + i0 + j;
+              sq[swz<D>(item, e / 8) + e % 8] = ra[j];
+              sq[swz<D>(item, f / 8) + f % 8] = rb[j];
+            }
+          }
+        } else {
+          for (int c = lane; c < kChunks; c += 32) *reinterpret_cast<uint4*>(sq + swz<D>(item, c)) = uint4{};
+        }
+      } else if (slot >= 0) {
+        if (item == 16) {  // the new key, rotated (and normed) as rope_write_kv stores it
+          bf16 ra[RL::kPairs], rb[RL::kPairs];
+          rope_rotate_head<D>(row + (p.num_heads + kv_head) * D, p.rope.k_norm_w, p.rope.norm_eps, pos,
+                              inv_freq, lane, ra, rb);
+          if (lane < RL::kLanesUsed) {
+#pragma unroll
+            for (int j = 0; j < RL::kPairs; ++j) {
+              p.rope.k_cache[cache_off + i0 + j] = ra[j];
+              p.rope.k_cache[cache_off + RL::kHalf + i0 + j] = rb[j];
+            }
+          }
+        } else {  // the new value, unchanged
+          const bf16* v = row + (p.num_heads + p.num_kv_heads + kv_head) * D;
+          for (int c = lane; c < kChunks; c += 32)
+            *reinterpret_cast<uint4*>(p.rope.v_cache + cache_off + c * 8) =
+                *reinterpret_cast<const uint4*>(v + c * 8);
+        }
+      }
+    }
+    __threadfence_block();  // the new K/V row is read back below through cp.async by another warp
+  } else {
+    for (int c = tid; c < 16 * kChunks; c += blockDim.x) {
+      const int r = c / kChunks, ch = c % kChunks;
+      uint4 val{};
+      if (r < rows_total) {
+        const int64_t off =
+            static_cast<int64_t>(q0 + r / group) * q_stride + (kv_head * group + r % group) * D + ch * 8;
+        val = *reinterpret_cast<const uint4*>(p.q + off);
+      }
+      *reinterpret_cast<uint4*>(sq + swz<D>(r, ch)) = val;
+    }
+  }
+  __syncthreads();  // sq, and the new K/V row
+  for (int st = st0; st < kStages - 1; ++st) {
     const int t = t_begin + warp + kWarps * st;
     if (t < t_end) load_tile(t, ring + st * 2 * C::kTileElems);
     cp_async_commit();
   }
-  cp_async_wait<kStages - 1>();  // the Q group (the first) landed for this thread ...
-  __syncthreads();               // ... and for every thread
 
   const float scale_log2 = p.scale * 1.4426950408889634f;
   const int g = lane / 4, tq = lane % 4;
@@ -298,9 +370,37 @@ void launch(const attention_params& p, int num_splits, cudaStream_t stream) {
   launch_pdl(kernel, grid, dim3(kWarps * 32), C::kSmemBytes, stream, p, num_splits, block_shift);
 }
 
-// Ring depth per head dim: 3 tiles (2 in flight per warp) while two blocks still fit an SM, 2 at 256.
+// Ring depth per head dim: 3 tiles (2 in flight per warp) while two blocks still fit an SM, 2 at 256. A grid
+// smaller than the GPU (batch 1 to ~16) gets kDeepStages instead: one block per SM costs nothing there, and
+// with 4 tiles in flight per warp a context up to 256 keys is requested at once, before pdl_wait().
 template <int D>
 constexpr int kWarpStages = D >= 256 ? 2 : 3;
+template <int D>
+constexpr int kDeepStages = D >= 256 ? 2 : 5;
+
+// TROUPE_DECODE_STAGES=2|3|5 forces a ring depth where the head dim allows it (benchmarks); 0 = choose.
+int forced_stages() {
+  static const int v = [] {
+    const char* e = std::getenv("TROUPE_DECODE_STAGES");
+    const int n = e != nullptr ? std::atoi(e) : 0;
+    return n == 2 || n == 3 || n == 5 ? n : 0;
+  }();
+  return v;
+}
+
+template <int D>
+void launch_stages(const attention_params& p, int num_splits, int sms, cudaStream_t stream) {
+  const int64_t blocks = static_cast<int64_t>(p.num_kv_heads) * p.num_seqs * num_splits;
+  int stages = blocks < sms ? kDeepStages<D> : kWarpStages<D>;
+  if (forced_stages() != 0 && (D < 256 || forced_stages() == 2)) stages = forced_stages();
+  if (stages == 5) {
+    launch<D, kDeepStages<D> == 5 ? 5 : 2>(p, num_splits, stream);
+  } else if (stages == 3) {
+    launch<D, kWarpStages<D> == 3 ? 3 : 2>(p, num_splits, stream);
+  } else {
+    launch<D, 2>(p, num_splits, stream);
+  }
+}
 
 }  // namespace
 
@@ -321,9 +421,8 @@ int flash_decode_warp_resident_blocks(int sms) {
 
 int flash_decode_warp_tile_keys() { return kKeys * kWarps; }
 
-void flash_decode_warp(const attention_params& p, int num_splits, cudaStream_t stream) {
-  TROUPE_DISPATCH_HEAD_DIM(p.head_dim,
-                           [&] { launch<kHeadDim, kWarpStages<kHeadDim>>(p, num_splits, stream); });
+void flash_decode_warp(const attention_params& p, int num_splits, int sms, cudaStream_t stream) {
+  TROUPE_DISPATCH_HEAD_DIM(p.head_dim, [&] { launch_stages<kHeadDim>(p, num_splits, sms, stream); });
 }
 
 }  // namespace detail

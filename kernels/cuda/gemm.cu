@@ -1,8 +1,7 @@
 // bf16 GEMMs through cuBLASLt with fp32 accumulation. Row-major y = x @ w^T is column-major
 // y^T = w * x^T with w transposed, so no copy or transpose kernel is needed. Descriptors and the algorithm
-// are made once per shape (the heuristic query cost tens of µs per call); prefill-sized shapes, and the
-// decode-graph bucket shapes (set_tune_every_m), time the heuristic's best candidates once and keep the
-// fastest.
+// are made once per shape (the heuristic query cost tens of µs per call); prefill-sized shapes time the
+// heuristic's best candidates once and keep the fastest.
 #include <cublasLt.h>
 
 #include <cstdlib>
@@ -42,9 +41,7 @@ struct gemm_context::plan {
   cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
   std::vector<cublasLtMatmulHeuristicResult_t> candidates;  // the heuristic's, best first
   cublasLtMatmulAlgo_t algo{};                              // the one used
-  bool tuned = false;       // the algorithm is final (timed, or the heuristic's only candidate)
-  bool timed = false;       // chosen by timing
-  bool asked_many = false;  // the heuristic was asked for kTuneCandidates (else for its first only)
+  bool tuned = false;
 };
 
 void gemm_context::plan_deleter::operator()(plan* p) const {
@@ -75,9 +72,8 @@ gemm_context::plan& gemm_context::plan_for(int64_t m, int64_t n, int64_t k, bool
   const size_t ws = kWorkspaceBytes;
   TROUPE_CUBLAS_CHECK(
       cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws)));
-  const int want = wants_tuning(m) ? kTuneCandidates : 1;
+  const int want = m >= tune_min_m_ && tune_min_m_ > 0 ? 8 : 1;
   pl->candidates.resize(want);
-  pl->asked_many = want > 1;
   int found = 0;
   const cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(handle_, pl->op, pl->a, pl->b, pl->c, pl->c, pref,
                                                            want, pl->candidates.data(), &found);
@@ -121,7 +117,6 @@ void gemm_context::tune(plan& pl, const bf16* x, const bf16* w, void* y, cudaStr
   cudaEventDestroy(start);
   cudaEventDestroy(stop);
   pl.tuned = true;
-  pl.timed = true;
 }
 
 void gemm_context::run(const bf16* x, const bf16* w, void* y, bool f32_out, int64_t m, int64_t n, int64_t k,
@@ -135,13 +130,7 @@ void gemm_context::run(const bf16* x, const bf16* w, void* y, bool f32_out, int6
     }
     return;
   }
-  plan* pp = &plan_for(m, n, k, f32_out);
-  if (!pp->asked_many && wants_tuning(m)) {
-    // Planned untuned before (a mixed batch of this m): plan again with the heuristic's candidates.
-    plans_.erase(std::make_tuple(m, n, k, f32_out));
-    pp = &plan_for(m, n, k, f32_out);
-  }
-  plan& pl = *pp;
+  plan& pl = plan_for(m, n, k, f32_out);
   if (!pl.tuned) {
     cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
     TROUPE_CUDA_CHECK(cudaStreamIsCapturing(stream, &capture));

@@ -136,11 +136,6 @@ class gemm_context {
   // heuristic's best candidates once per shape, outside graph capture; 0 = always the heuristic's first
   // (also TROUPE_GEMM_TUNE=0 in the environment).
   void set_tune_min_m(int64_t m) { tune_min_m_ = m; }
-  // While on, every cuBLASLt shape is tuned as above whatever its m (unless tuning is off): the CUDA
-  // runner turns it on for one eager pass before it captures a decode graph, so the shapes a graph replays
-  // thousands of times (m = the batch bucket) get the timed choice, while the many m values of mixed
-  // batches keep the heuristic's first and cost nothing to plan.
-  void set_tune_every_m(bool on) { tune_every_m_ = on; }
 
  private:
   // Descriptors and the chosen algorithm of one (m, n, k, output type), made on its first call.
@@ -154,13 +149,10 @@ class gemm_context {
   void tune(plan& pl, const bf16* x, const bf16* w, void* y, cudaStream_t stream);
   int gemv_max_m_ = kGemvMaxM;
   int64_t tune_min_m_ = 1024;
-  bool tune_every_m_ = false;
-  bool wants_tuning(int64_t m) const { return tune_min_m_ > 0 && (m >= tune_min_m_ || tune_every_m_); }
   cublasLtHandle_t handle_ = nullptr;
   void* workspace_ = nullptr;  // [kWorkspaceBytes]
   static constexpr size_t kWorkspaceBytes = 32u << 20;
-  static constexpr int kTuneCandidates = 16;  // the heuristic's best this many are timed
-  static constexpr size_t kMaxPlans = 4096;   // beyond this, plans are made per call and not kept
+  static constexpr size_t kMaxPlans = 4096;  // beyond this, plans are made per call and not kept
   std::map<std::tuple<int64_t, int64_t, int64_t, bool>, std::unique_ptr<plan, plan_deleter>> plans_;
 };
 

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 
@@ -325,6 +326,12 @@ void cuda_model_runner::launch_model(const step_shape& sh) {
   ap.scale = 1.0f / std::sqrt(static_cast<float>(hd));
   ap.sliding_window = c.sliding_window ? *c.sliding_window : 0;
   const bool paged_decode = opt_.attention == "paged" && sh.max_q == 1;
+  // Decode steps of the flash plugin apply RoPE inside the attention kernel (TROUPE_FUSED_ROPE=0: apart).
+  static const bool fused_rope_on = [] {
+    const char* e = std::getenv("TROUPE_FUSED_ROPE");
+    return e == nullptr || std::strcmp(e, "0") != 0;
+  }();
+  const bool fuse_rope = fused_rope_on && !paged_decode && sh.max_q == 1;
 
   // residual = 0 + embedding (exact in fp32), then layer 0's norm: the same fused kernel as every layer.
   // (The memset first: kernels after it start as programmatic dependents of the kernel before them.)
@@ -354,10 +361,23 @@ void cuda_model_runner::launch_model(const step_shape& sh) {
     rp.num_kv_heads = c.num_kv_heads;
     rp.head_dim = c.head_dim;
     rp.norm_eps = eps;
-    kc::rope_write_kv(rp, stream_);
-
     ap.k_cache = L.k_cache;
     ap.v_cache = L.v_cache;
+    if (fuse_rope) {
+      // The decode kernel rotates q and the new key and writes the new K/V itself: one launch less.
+      ap.rope.positions = sh.d_pos;
+      ap.rope.inv_freq = sh.inv_freq;
+      ap.rope.inv_freq_stride = sh.inv_stride;
+      ap.rope.slot_mapping = sh.d_slots;
+      ap.rope.q_norm_w = L.q_norm;
+      ap.rope.k_norm_w = L.k_norm;
+      ap.rope.norm_eps = eps;
+      ap.rope.qkv = qkv_;
+      ap.rope.k_cache = L.k_cache;
+      ap.rope.v_cache = L.v_cache;
+    } else {
+      kc::rope_write_kv(rp, stream_);
+    }
     if (paged_decode) {
       kc::paged_attention_decode(ap, stream_);
     } else {
@@ -481,17 +501,6 @@ bool cuda_model_runner::run_graph(const forward_batch& b, int32_t max_ctx) {
     sh.d_pending = ints_ + (pend - ints_host_);
     sh.inv_freq = base_inv_freq_;
     sh.inv_stride = 0;
-    // One eager pass first with every GEMM of the bucket tuned by timing (capture cannot time): the graph
-    // then replays the fastest algorithms. The pass computes exactly what the graph will (same inputs, the
-    // same K/V into the same slots), so running both is harmless.
-    gemm_->set_tune_every_m(true);
-    try {
-      launch_model(sh);
-    } catch (...) {
-      gemm_->set_tune_every_m(false);
-      throw;
-    }
-    gemm_->set_tune_every_m(false);
     TROUPE_CUDA_CHECK(cudaStreamSynchronize(stream_));
     cudaGraph_t graph = nullptr;
     TROUPE_CUDA_CHECK(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeRelaxed));
