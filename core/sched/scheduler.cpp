@@ -50,10 +50,9 @@ void scheduler::end_sequence(sequence& s) {
   if (s.finished) return;
   s.finished = true;
   if (s.running)
-    running_.erase(key_of(s));
+    leave_running(s);
   else
     waiting_.erase(key_of(s));
-  s.running = false;
   if (s.in_kv) kv_.free(s.id);
   s.in_kv = false;
   if (host_pool_) {
@@ -104,8 +103,7 @@ void scheduler::preempt(sequence& s) {
   TROUPE_CHECK(s.running) << "sequence" << s.id;
   // Only a plan with nothing in flight preempts (can_plan_ahead): every token is known.
   TROUPE_CHECK_EQ(s.placeholder_at, -1) << "sequence" << s.id;
-  running_.erase(key_of(s));
-  s.running = false;
+  leave_running(s);
   ++preemptions_;
   const auto& table = kv_.block_table(s.id);
   bool swapped = false;
@@ -183,18 +181,29 @@ void scheduler::schedule(sequence& s, int32_t n, step_plan& plan) {
       child->in_kv = true;
       child->worker_knows = true;
       child->sent_table = s.sent_table;
-      child->running = true;
       child->draw_step = plan.step;
       kv_.fork(s.id, child->id);
       st.fork_children.push_back(child->id);
       st.fork_seeds.push_back(child->seed);
       r->seq_ids.push_back(child->id);
       ++r->num_live;
-      running_[key_of(*child)] = child.get();
+      enter_running(*child);
       seqs_[child->id] = std::move(child);
     }
   }
   plan.seqs.push_back(std::move(st));
+}
+
+void scheduler::enter_running(sequence& s) {
+  s.running = true;
+  running_[key_of(s)] = &s;
+  if (has_penalties(*s.req->in.params)) ++num_running_penalized_;
+}
+
+void scheduler::leave_running(sequence& s) {
+  running_.erase(key_of(s));
+  s.running = false;
+  if (has_penalties(*s.req->in.params)) --num_running_penalized_;
 }
 
 bool scheduler::last_draw_in_flight(const sequence& s) const {
@@ -204,28 +213,10 @@ bool scheduler::last_draw_in_flight(const sequence& s) const {
 }
 
 bool scheduler::can_plan_ahead() const {
-  if (!cfg_.async_scheduling || num_in_flight_ != 1) return false;
-  if (!pending_swap_out_.empty() || !pending_swap_in_.empty()) return false;
-  if (!waiting_.empty() && !waiting_.begin()->second->host_slots.empty()) return false;
-  // The running sequences' part of plan() with placeholders: would every allocation succeed?
-  const uint64_t in_flight = flight_at(0).step;
-  int32_t budget = cfg_.max_num_batched_tokens;
-  int32_t need = 0;
-  for (const auto& [k, s] : running_) {
-    if (budget <= 0) break;
-    int32_t n;
-    if (s->draw_step == in_flight) {
-      if (has_penalties(*s->req->in.params)) return false;
-      if (last_draw_in_flight(*s)) continue;
-      n = 1;  // the placeholder
-    } else {
-      n = std::min<int32_t>(static_cast<int32_t>(s->tokens.size()) - s->num_computed, budget);
-    }
-    if (n <= 0) continue;
-    need += kv_.blocks_needed(s->id, s->num_computed, s->num_computed + n);
-    budget -= n;
-  }
-  return need <= kv_.pool().num_blocks_free();
+  // O(1): called once per step. Allocation is not checked here: plan() finds out (memory_short_).
+  return cfg_.async_scheduling && num_in_flight_ == 1 && num_running_penalized_ == 0 && !memory_short_ &&
+         pending_swap_out_.empty() && pending_swap_in_.empty() &&
+         (waiting_.empty() || waiting_.begin()->second->host_slots.empty());
 }
 
 step_plan scheduler::plan() {
@@ -236,6 +227,7 @@ step_plan scheduler::plan() {
       << num_in_flight_ << "steps in flight: wait for a result before planning";
   const bool ahead = num_in_flight_ == 1;
   const uint64_t in_flight = ahead ? flight_at(0).step : 0;
+  if (!ahead) memory_short_ = false;
   step_plan plan;
   plan.step = ++step_;
   plan.seqs.reserve(running_.size() + 8);
@@ -260,13 +252,17 @@ step_plan scheduler::plan() {
     int32_t n = std::min<int32_t>(static_cast<int32_t>(s->tokens.size()) - s->num_computed, budget);
     if (n <= 0) continue;
     if (ahead) {
-      // No preemption with a step in flight (can_plan_ahead checked that the blocks are there).
+      // No preemption with a step in flight: it would free a sequence whose KV the in-flight step still
+      // writes and re-admit it with tokens not known yet.
       if (!kv_.allocate(s->id, s->num_computed, s->num_computed + n, plan.copies)) {
         if (s->placeholder_at >= 0) {
           s->tokens.pop_back();
           s->placeholder_at = -1;
         }
-        preempted = true;  // memory is short: admit nobody (the next plan, in step, preempts)
+        // Memory is short: admit nobody, and plan the next step with nothing in flight, which may
+        // preempt (a sequence skipped here waits one step, not until blocks come back by themselves).
+        preempted = true;
+        memory_short_ = true;
         continue;
       }
       budget -= n;
@@ -335,8 +331,7 @@ step_plan scheduler::plan() {
       break;
     }
     waiting_.erase(waiting_.begin());
-    s->running = true;
-    running_[key_of(*s)] = s;
+    enter_running(*s);
     if (n > 0) {
       budget -= n;
       schedule(*s, n, plan);
@@ -428,8 +423,7 @@ void scheduler::reset_worker(bool kv_lost) {
   for (auto& [k, s] : running_) victims.push_back(s);
   for (auto it = victims.rbegin(); it != victims.rend(); ++it) {
     sequence& s = **it;
-    running_.erase(key_of(s));
-    s.running = false;
+    leave_running(s);
     kv_.free(s.id);
     s.in_kv = false;
     s.num_computed = 0;

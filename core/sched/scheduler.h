@@ -84,12 +84,13 @@ class scheduler {
   int32_t num_in_flight() const { return num_in_flight_; }
   // True when exactly one step is in flight and the next may be planned now (async_scheduling). False
   // (wait for the result, then plan: one step at a time) when planning ahead would be unsafe or need more
-  // than placeholders: a sequence drawing in the in-flight step has penalties (the device reads its
-  // history at submit, which would miss that token); the running sequences' next tokens need more blocks
-  // than are free (preemption would have to free a sequence whose KV the in-flight step still writes, and
-  // re-admit it with tokens not known yet); swaps are pending or the next waiting sequence comes back
-  // from swap space. Ended sequences (abort, finish_sequence, stop) do not stop it: their mirrors are
-  // dropped with the next plan and what the in-flight steps computed for them is discarded.
+  // than placeholders: a running sequence has penalties (the device reads a draw's history at submit,
+  // which would miss the token drawn in flight); the last plan ahead found too few blocks for a running
+  // sequence (preemption would free a sequence whose KV the in-flight step still writes and re-admit it
+  // with tokens not known yet: the next plan, with nothing in flight, may preempt); swaps are pending or
+  // the next waiting sequence comes back from swap space. Ended sequences (abort, finish_sequence, stop)
+  // do not stop it: their mirrors are dropped with the next plan and what the in-flight steps computed
+  // for them is discarded. O(1).
   bool can_plan_ahead() const;
 
   // Plans the next step: with no step in flight, or with one when can_plan_ahead(). An empty plan
@@ -149,6 +150,9 @@ class scheduler {
   std::optional<std::string> check_stop(const sequence& s, int32_t token) const;
   // The token s draws in the in-flight step ends it by length whatever it is: nothing follows it.
   bool last_draw_in_flight(const sequence& s) const;
+  // running_ and the counter of running sequences with penalties, together.
+  void enter_running(sequence& s);
+  void leave_running(sequence& s);
   // A step planned and not yet updated, with the sequences it computes and their num_computed after it
   // (what update() commits to the prefix cache: a later in-flight step has moved num_computed on).
   struct flight {
@@ -172,6 +176,8 @@ class scheduler {
   uint64_t step_ = 0;
   flight flights_[2];  // a ring: the oldest at flight_head_
   int32_t flight_head_ = 0, num_in_flight_ = 0;
+  int32_t num_running_penalized_ = 0;  // running sequences with repetition/presence/frequency penalties
+  bool memory_short_ = false;          // a plan ahead could not allocate: plan the next one in step
   uint64_t preemptions_ = 0;
   std::vector<uint64_t> first_scheduled_;
   std::vector<int32_t> first_cached_;
