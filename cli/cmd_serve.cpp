@@ -32,7 +32,8 @@ for underscores; flags win. Settings:
   model, served_model_name, host, port, threads, cpu_threads, api_keys (list), api_key_file,
   public_routes (list), max_body_bytes, tls_cert_file, tls_key_file, block_size, num_kv_blocks,
   max_kv_tokens, max_num_batched_tokens, max_num_seqs, max_waiting_requests, max_model_len,
-  enable_prefix_caching, preemption (recompute|swap), swap_space_blocks, allow_request_chat_template
+  enable_prefix_caching, preemption (recompute|swap), swap_space_blocks, async_scheduling,
+  allow_request_chat_template
   device (auto|cpu|cuda; auto: the GPU when there is one), attention (auto|flash|paged), quantization (none),
   kv_cache_dtype (auto), gpu_memory_utilization, enforce_eager (no CUDA graphs),
   tensor/pipeline/data_parallel_size (1)
@@ -274,6 +275,7 @@ int run(const std::vector<std::string>& args) {
   eo.sched.max_model_len = cfg.max_model_len;
   eo.sched.preemption = cfg.preemption == "swap" ? preemption_mode::swap : preemption_mode::recompute;
   eo.sched.num_host_blocks = static_cast<int32_t>(cfg.swap_space_blocks);
+  eo.sched.async_scheduling = cfg.async_scheduling;
   actor_engine engine(*m.runner, m.tok.get(), eo);
   reloader rel(sargs, cfg, m, engine, server);
   active->store(&rel);

@@ -104,6 +104,7 @@ const std::vector<std::string>& serve_config::keys() {
                                              "enable_prefix_caching",
                                              "preemption",
                                              "swap_space_blocks",
+                                             "async_scheduling",
                                              "allow_request_chat_template",
                                              "device",
                                              "attention",
@@ -162,6 +163,8 @@ void set_serve_config_value(serve_config& c, const std::string& key, const std::
     c.preemption = v;
   else if (key == "swap_space_blocks")
     c.swap_space_blocks = parse_int(key, v);
+  else if (key == "async_scheduling")
+    c.async_scheduling = parse_bool(key, v);
   else if (key == "allow_request_chat_template")
     c.allow_request_chat_template = parse_bool(key, v);
   else if (key == "device")
@@ -278,6 +281,7 @@ std::vector<std::pair<std::string, std::string>> serve_config_values(const serve
           {"enable_prefix_caching", b(c.enable_prefix_caching)},
           {"preemption", c.preemption},
           {"swap_space_blocks", std::to_string(c.swap_space_blocks)},
+          {"async_scheduling", b(c.async_scheduling)},
           {"allow_request_chat_template", b(c.allow_request_chat_template)}};
 }
 

@@ -31,6 +31,7 @@ struct serve_config {
   bool enable_prefix_caching = true;
   std::string preemption = "recompute";  // recompute | swap
   int64_t swap_space_blocks = 0;
+  bool async_scheduling = true;  // plan step N+1 while the device runs step N (vLLM --async-scheduling)
   bool allow_request_chat_template = false;  // accept "chat_template" in chat requests
 
   // Plugins and layout
