@@ -41,7 +41,10 @@ class pool {
     cv_.notify_all();
     work();
     std::unique_lock<std::mutex> lk(mu_);
-    done_cv_.wait(lk, [&] { return done_ == chunks_; });
+    // Every chunk done, and every worker that woke for this region out of work(): one still inside could
+    // otherwise pair this region's exhausted next_ with the next region's chunks_ and job_, run a chunk of
+    // it twice and count it twice (done_ then overshoots chunks_ and the next run() waits forever).
+    done_cv_.wait(lk, [&] { return done_ == chunks_ && active_ == 0; });
     job_ = nullptr;
   }
 
@@ -68,8 +71,11 @@ class pool {
         cv_.wait(lk, [&] { return stop_ || (generation_ != seen && job_ != nullptr); });
         if (stop_) return;
         seen = generation_;
+        ++active_;
       }
       work();
+      std::lock_guard<std::mutex> lk(mu_);
+      if (--active_ == 0) done_cv_.notify_all();
     }
   }
 
@@ -78,6 +84,7 @@ class pool {
   std::condition_variable cv_, done_cv_;
   const std::function<void(int64_t)>* job_ = nullptr;
   int64_t chunks_ = 0, done_ = 0;
+  int active_ = 0;  // workers inside work() for the current region
   std::atomic<int64_t> next_{0};
   uint64_t generation_ = 0;
   bool stop_ = false;

@@ -4,7 +4,11 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <atomic>
+#include <chrono>
 #include <cmath>
+#include <cstdlib>
+#include <future>
 #include <limits>
 #include <numeric>
 #include <random>
@@ -244,6 +248,32 @@ TEST(CpuOps, ParallelForCoversRangeOnce) {
     });
     EXPECT_TRUE(std::all_of(hits.begin(), hits.end(), [](int h) { return h == 1; }));
   }
+  set_num_threads(0);
+}
+
+// Back-to-back regions of different sizes: a worker that wakes for one region after the caller has done all
+// of it must not take part in the next one with the old region's counters (it ran a chunk twice, counted it
+// twice, done_ overshot chunks_ and the caller waited forever: the CPU worker's step never returned).
+TEST(CpuOps, ParallelForBackToBackRegionsOfDifferentSizes) {
+  set_num_threads(2);
+  auto runner = std::async(std::launch::async, [] {
+    std::vector<std::atomic<int>> hits(64);
+    int64_t bad = 0;
+    for (int r = 0; r < 1000000; ++r) {
+      const int64_t n = r % 2 ? 2 : 64;  // 2 chunks, then 8 (a pool of 2 splits into at most 8)
+      for (auto& h : hits) h.store(0, std::memory_order_relaxed);
+      parallel_for(n, 1, [&](int64_t b, int64_t e) {
+        for (int64_t i = b; i < e; ++i) hits[i].fetch_add(1, std::memory_order_relaxed);
+      });
+      for (int64_t i = 0; i < n; ++i) bad += hits[i].load() != 1;
+    }
+    return bad;
+  });
+  if (runner.wait_for(std::chrono::seconds(120)) != std::future_status::ready) {
+    ADD_FAILURE() << "parallel_for never returned: a region's done count overshot its chunk count";
+    std::_Exit(1);  // the deadlocked thread cannot be joined
+  }
+  EXPECT_EQ(runner.get(), 0) << "chunks run twice or not at all";
   set_num_threads(0);
 }
 
