@@ -1,5 +1,6 @@
 #include "actors/scheduler_actor.h"
 
+#include <algorithm>
 #include <deque>
 #include <unordered_set>
 
@@ -24,6 +25,7 @@ struct sched_state {
   uint64_t epoch = 0;
   std::deque<sent_step> sent;            // oldest first; as many as sched->num_in_flight()
   bool unflushed = false;                // the worker holds the newest plan until another plan or a flush_msg
+  clock::time_point last_result_at;      // when the previous step_result came in
   std::unordered_set<uint64_t> started;  // requests scheduled at least once
   std::unordered_map<int64_t, uint64_t> seq_rid;
 };
@@ -111,8 +113,10 @@ caf::behavior scheduler_actor(caf::event_based_actor* self, scheduler_config cfg
         msg.first_cached = std::move(sent.first_cached);
         msg.scheduled_at = sent.planned_at;
         msg.now = clock::now();
-        global_engine_metrics().step_duration.observe(
-            std::chrono::duration<double>(msg.now - sent.planned_at).count());
+        // A step planned ahead waited behind the previous one: its duration starts when that one ended.
+        const clock::time_point began = std::max(sent.planned_at, s->last_result_at);
+        s->last_result_at = msg.now;
+        global_engine_metrics().step_duration.observe(std::chrono::duration<double>(msg.now - began).count());
         publish(*s->sched, *st);
         if (!msg.outs.empty() || !msg.first_scheduled.empty()) self->send(output, std::move(msg));
       },
