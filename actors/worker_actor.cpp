@@ -28,8 +28,18 @@ caf::behavior worker_actor(caf::event_based_actor* self, model_runner* runner,
         }
         // Submit first: the device queues this step behind the one it runs, then the older one is
         // collected and reported while this one runs.
-        exec->submit(m.plan);
-        report_until(m.flush ? 0 : 1);
+        try {
+          exec->submit(m.plan);
+          report_until(m.flush ? 0 : 1);
+        } catch (...) {
+          // This worker dies (the supervisor starts another on the same runner): leave the runner with
+          // nothing outstanding if it can still be collected.
+          try {
+            exec->drain();
+          } catch (...) {
+          }
+          throw;
+        }
       },
       [=](flush_msg) { report_until(0); },
   };
