@@ -180,9 +180,10 @@ void step_executor::prepare(const step_plan& plan, forward_batch& b) {
 
 void step_executor::submit(const step_plan& plan) {
   TROUPE_CHECK_LT(num_outstanding_, 2) << "collect a step before submitting a third";
-  // Copies and swaps run at once (not on the runner's queue): whatever an outstanding asynchronous step
-  // writes into their source blocks (a fork's shared last block, a preempted sequence's last token) must
-  // be there first. Rare (n > 1 forks, preemption), so that step is waited for here.
+  // model_runner does not promise that copy_blocks / swap_out / swap_in are ordered after a submitted
+  // step, and what an outstanding step writes into their source blocks (a fork's shared last block, a
+  // preempted sequence's last token) must be there first: with copies or swaps the outstanding steps are
+  // collected before. Rare (n > 1 forks, preemption), so the lost overlap does not matter.
   if (async_ && (!plan.copies.empty() || !plan.swap_out.empty() || !plan.swap_in.empty())) {
     for (int32_t i = 0; i < num_outstanding_; ++i) finish_on_host(slot(i));
   }
