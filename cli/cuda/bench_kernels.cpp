@@ -195,23 +195,25 @@ int run(const std::vector<std::string>& args) {
       cudaFree(y);
     }
   }
-  {  // Prefill: causal, B4 H32 S4096 D128 (MHA, as the SDPA peer); causal FLOPs = half of 4 * S^2 * D per
-     // head.
-    attention_setup s(4, 4096, 4096, 32, 32, 128, 10);
-    const double flops = 4.0 * 4 * 32 * 4096.0 * 4096.0 * 128 / 2;
-    for (int warps : {4, 8}) {
-      const double ms = median_ms([&] { kc::flash_attention_prefill(s.p, nullptr, warps); }, 3, iters);
-      figs.push_back({"flash_prefill_causal_b4_h32_s4096_d128_w" + std::to_string(warps), "TFLOP/s",
-                      flops / (ms * 1e-3) / 1e12, ms, 0});
-    }
-  }
-  {  // The engine's 2048-token prefill: one sequence, Llama-3.1-8B's GQA (32 q / 8 kv heads).
-    attention_setup s(1, 2048, 2048, 32, 8, 128, 11);
-    const double flops = 4.0 * 32 * 2048.0 * 2048.0 * 128 / 2;
-    for (int warps : {4, 8}) {
-      const double ms = median_ms([&] { kc::flash_attention_prefill(s.p, nullptr, warps); }, 3, iters);
-      figs.push_back({"flash_prefill_causal_b1_h32_kv8_s2048_d128_w" + std::to_string(warps), "TFLOP/s",
-                      flops / (ms * 1e-3) / 1e12, ms, 0});
+  {  // Prefill: causal, B4 H32 S4096 D128 (MHA, as the SDPA peer), then the engine's 2048-token prefill (one
+     // sequence, Llama-3.1-8B's GQA: 32 q / 8 kv heads); causal FLOPs = half of 4 * S^2 * D per head. The
+     // unsuffixed figure is the default dispatch (the wgmma kernel on Hopper), _w4/_w8 the mma.sync kernel's
+     // two tilings, all in the same run.
+    struct prefill_shape {
+      const char* name;
+      int batch, seq, heads, kv_heads;
+      uint64_t seed;
+    };
+    for (const prefill_shape& sh :
+         {prefill_shape{"flash_prefill_causal_b4_h32_s4096_d128", 4, 4096, 32, 32, 10},
+          prefill_shape{"flash_prefill_causal_b1_h32_kv8_s2048_d128", 1, 2048, 32, 8, 11}}) {
+      attention_setup s(sh.batch, sh.seq, sh.seq, sh.heads, sh.kv_heads, 128, sh.seed);
+      const double flops = 4.0 * sh.batch * sh.heads * static_cast<double>(sh.seq) * sh.seq * 128 / 2;
+      for (int warps : {0, 4, 8}) {
+        const double ms = median_ms([&] { kc::flash_attention_prefill(s.p, nullptr, warps); }, 3, iters);
+        figs.push_back({std::string(sh.name) + (warps == 0 ? "" : "_w" + std::to_string(warps)), "TFLOP/s",
+                        flops / (ms * 1e-3) / 1e12, ms, 0});
+      }
     }
   }
   {  // Decode at three shapes: the (batch 64, 4096-token contexts), and the serving benches' (batch

@@ -68,10 +68,19 @@ constexpr int kFlashMaxSplits = 64;
 size_t attention_workspace_floats(int32_t num_tokens, int32_t num_heads, int32_t head_dim,
                                   int32_t max_context_len);
 
-// Prefill/mixed batches: tiles of 128 packed query rows, no split. warps_per_block picks the tiling: 4 warps
-// of 2 m tiles each (fewer shared-memory reads per MMA, but 255 registers), 8 warps of 1 (2 blocks per
-// SM); 0 = the default (8, or 4 x 1 m tile at head_dim 256).
-void flash_attention_prefill(const attention_params& p, cudaStream_t stream, int warps_per_block = 0);
+// Prefill/mixed batches: tiles of 128 packed query rows, no split, in one of two kernels:
+//   mma_sync    mma.sync m16n8k16 (any head_dim, sm_80+). warps_per_block picks its tiling: 4 warps of 2
+//               m tiles each (fewer shared-memory reads per MMA, but 255 registers), 8 warps of 1 (2 blocks
+//               per SM); 0 = the default (8, or 4 x 1 m tile at head_dim 256).
+//   wgmma_sm90  Hopper warpgroup MMAs (flash_prefill_sm90.cu): head_dim 128 on a compute capability 9.0
+//               device with an sm_90a build; 2 warpgroups x 64 rows, 128-key tiles.
+// automatic = wgmma_sm90 where it applies (and warps_per_block is 0), else mma_sync. Forcing wgmma_sm90
+// where it does not apply throws.
+enum class flash_prefill_kernel { automatic, mma_sync, wgmma_sm90 };
+void flash_attention_prefill(const attention_params& p, cudaStream_t stream, int warps_per_block = 0,
+                             flash_prefill_kernel kernel = flash_prefill_kernel::automatic);
+// Whether the wgmma_sm90 prefill kernel runs on the current device (compute capability 9.0, sm_90a build).
+bool flash_prefill_wgmma_available();
 // Short query runs (decode; any q_len works): keys split over blocks to fill the GPU, num_splits 0 =
 // choose from the shapes. Two kernels: warp_tiles (the default where max_q_len * group <= 16 packed rows:
 // each warp streams its own 16-key tiles through a private cp.async ring) and block_tiles (16-row tiles,

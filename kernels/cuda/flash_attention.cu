@@ -14,6 +14,7 @@
 #include "kernels/cuda/attention.h"
 #include "kernels/cuda/attention_internal.cuh"
 #include "kernels/cuda/check.h"
+#include "kernels/cuda/flash_prefill_sm90.cuh"
 #include "kernels/cuda/ops.h"
 #include "kernels/cuda/pdl.h"
 
@@ -461,10 +462,19 @@ size_t attention_workspace_floats(int32_t num_tokens, int32_t num_heads, int32_t
   return static_cast<size_t>(split_floats(static_cast<int64_t>(num_tokens) * num_heads, head_dim, splits));
 }
 
-void flash_attention_prefill(const attention_params& p, cudaStream_t stream, int warps_per_block) {
+bool flash_prefill_wgmma_available() { return flash_prefill_sm90_available(); }
+
+void flash_attention_prefill(const attention_params& p, cudaStream_t stream, int warps_per_block,
+                             flash_prefill_kernel kernel) {
   check_params(p);
   TROUPE_KERNEL_REQUIRE(warps_per_block == 0 || warps_per_block == 4 || warps_per_block == 8,
                         "flash prefill: warps_per_block " << warps_per_block << " not in {0, 4, 8}");
+  if (kernel == flash_prefill_kernel::wgmma_sm90 ||
+      (kernel == flash_prefill_kernel::automatic && warps_per_block == 0 && p.head_dim == 128 &&
+       flash_prefill_sm90_available())) {
+    flash_prefill_sm90(p, stream);  // checks head_dim and the device itself when forced
+    return;
+  }
   if (p.num_tokens == 0) return;
   TROUPE_DISPATCH_HEAD_DIM(p.head_dim, [&] {
     // 8 warps x 16 rows measured fastest at head_dim 128 (v2: 208 vs 182 TFLOP/s); at 256 its fp32 O

@@ -1,6 +1,6 @@
 // flash and paged attention against kernels/cpu paged_attention: ragged query lengths, contexts longer than
 // the queries (cached prefixes), shuffled block tables with holes, GQA and MQA, sliding windows, head dims
-// 32/64/128/256, poisoned outputs.
+// 32/64/128/256, poisoned outputs; the Hopper (wgmma) prefill kernel also against the mma.sync one.
 #include <algorithm>
 #include <numeric>
 
@@ -22,11 +22,14 @@ struct attn_case {
   int head_dim = 128;
   int block_size = 16;
   int sliding_window = 0;
+  bool merged_qkv = false;  // q rows inside a [tokens, (heads + 2 kv heads) * head_dim] qkv output (q_stride)
 };
 
 enum class attn_impl {
+  flash_prefill_auto,  // the default dispatch: wgmma on Hopper at head_dim 128, else mma.sync 8 warps
   flash_prefill4,
   flash_prefill8,
+  flash_prefill_wgmma,
   flash_decode,         // the default: warp tiles where the rows fit
   flash_decode_split3,  // warp tiles, 3 splits
   flash_decode_split1,  // warp tiles, one split (long contexts: block ids past the shared-memory cache)
@@ -38,10 +41,14 @@ enum class attn_impl {
 
 const char* name_of(attn_impl i) {
   switch (i) {
+    case attn_impl::flash_prefill_auto:
+      return "flash_prefill(default)";
     case attn_impl::flash_prefill4:
       return "flash_prefill(4 warps)";
     case attn_impl::flash_prefill8:
       return "flash_prefill(8 warps)";
+    case attn_impl::flash_prefill_wgmma:
+      return "flash_prefill(wgmma sm90)";
     case attn_impl::flash_decode:
       return "flash_decode";
     case attn_impl::flash_decode_split3:
@@ -60,7 +67,9 @@ const char* name_of(attn_impl i) {
   return "?";
 }
 
-void run_case(const attn_case& c, attn_impl impl, uint32_t seed) {
+// Runs impl on fresh random inputs drawn from seed (the same seed gives the same inputs) and returns its
+// output; compares it with the CPU reference unless check_ref is false.
+std::vector<float> run_case(const attn_case& c, attn_impl impl, uint32_t seed, bool check_ref = true) {
   std::mt19937 rng(seed);
   const int num_seqs = static_cast<int>(c.q_lens.size());
   std::vector<int32_t> query_start(num_seqs + 1, 0), ctx(c.ctx_lens.begin(), c.ctx_lens.end());
@@ -83,7 +92,14 @@ void run_case(const attn_case& c, attn_impl impl, uint32_t seed) {
     next += 1;  // skip one: a hole between sequences' blocks
   }
   const size_t cache_elems = static_cast<size_t>(num_blocks) * c.block_size * c.num_kv_heads * c.head_dim;
-  auto q = random_bf16(rng, static_cast<size_t>(num_tokens) * c.num_heads * c.head_dim);
+  // With merged_qkv the kernel reads q rows of q_stride elements (k and v columns after the heads, random
+  // too); the reference gets the q columns alone.
+  const int q_stride = (c.num_heads + (c.merged_qkv ? 2 * c.num_kv_heads : 0)) * c.head_dim;
+  auto q = random_bf16(rng, static_cast<size_t>(num_tokens) * q_stride);
+  std::vector<float> q_ref(static_cast<size_t>(num_tokens) * c.num_heads * c.head_dim);
+  for (int t = 0; t < num_tokens; ++t)
+    std::copy_n(q.ref.begin() + static_cast<size_t>(t) * q_stride, c.num_heads * c.head_dim,
+                q_ref.begin() + static_cast<size_t>(t) * c.num_heads * c.head_dim);
   auto kcache = random_bf16(rng, cache_elems), vcache = random_bf16(rng, cache_elems);
   const size_t out_elems = static_cast<size_t>(num_tokens) * c.num_heads * c.head_dim;
 
@@ -115,13 +131,21 @@ void run_case(const attn_case& c, attn_impl impl, uint32_t seed) {
   p.block_size = c.block_size;
   p.scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
   p.sliding_window = c.sliding_window;
+  p.q_stride = c.merged_qkv ? q_stride : 0;
   using kc::flash_decode_kernel;
+  using kc::flash_prefill_kernel;
   switch (impl) {
+    case attn_impl::flash_prefill_auto:
+      kc::flash_attention_prefill(p, nullptr);
+      break;
+    case attn_impl::flash_prefill_wgmma:
+      kc::flash_attention_prefill(p, nullptr, 0, flash_prefill_kernel::wgmma_sm90);
+      break;
     case attn_impl::flash_prefill4:
-      kc::flash_attention_prefill(p, nullptr, 4);
+      kc::flash_attention_prefill(p, nullptr, 4, flash_prefill_kernel::mma_sync);
       break;
     case attn_impl::flash_prefill8:
-      kc::flash_attention_prefill(p, nullptr, 8);
+      kc::flash_attention_prefill(p, nullptr, 8, flash_prefill_kernel::mma_sync);
       break;
     case attn_impl::flash_decode:
       kc::flash_attention_decode(p, nullptr);
@@ -146,10 +170,12 @@ void run_case(const attn_case& c, attn_impl impl, uint32_t seed) {
       break;
   }
   TROUPE_CUDA_CHECK(cudaDeviceSynchronize());
+  std::vector<float> got = to_float(d_out.download());
+  if (!check_ref) return got;
 
   std::vector<float> ref(out_elems);
   kref::paged_attention_params rp;
-  rp.q = q.ref.data();
+  rp.q = q_ref.data();
   rp.k_cache = kcache.ref.data();
   rp.v_cache = vcache.ref.data();
   rp.out = ref.data();
@@ -166,10 +192,12 @@ void run_case(const attn_case& c, attn_impl impl, uint32_t seed) {
   rp.sliding_window = c.sliding_window;
   kref::paged_attention(rp);
   // P is rounded to bf16 before P V (as FlashAttention does) and the output is bf16.
-  expect_close(to_float(d_out.download()), ref, 2e-2f, 2e-2f, 1.5e-2,
+  expect_close(got, ref, 2e-2f, 2e-2f, 1.5e-2,
                std::string(name_of(impl)) + " D=" + std::to_string(c.head_dim) +
                    " H=" + std::to_string(c.num_heads) + "/" + std::to_string(c.num_kv_heads) +
-                   " window=" + std::to_string(c.sliding_window));
+                   " block=" + std::to_string(c.block_size) + " window=" + std::to_string(c.sliding_window) +
+                   " seed=" + std::to_string(seed));
+  return got;
 }
 
 class FlashPrefill : public ::testing::TestWithParam<int> {};
@@ -180,7 +208,8 @@ TEST_P(FlashPrefill, RaggedBatchWithCachedPrefixes) {
   uint32_t seed = 100 + d;
   // Whole prompts, a chunk after a cached prefix, a single-token decode row and a tiny prompt, mixed.
   attn_case c{{200, 77, 1, 3, 130}, {200, 301, 517, 3, 1000}, 8, 2, d, 16, 0};
-  for (attn_impl impl : {attn_impl::flash_prefill4, attn_impl::flash_prefill8}) {
+  for (attn_impl impl :
+       {attn_impl::flash_prefill4, attn_impl::flash_prefill8, attn_impl::flash_prefill_auto}) {
     run_case(c, impl, seed++);
     run_case({{129, 64}, {129, 64}, 4, 4, d, 16, 0}, impl, seed++);     // MHA, exact tile edges
     run_case({{150, 40}, {150, 300}, 8, 1, d, 32, 0}, impl, seed++);    // MQA, block size 32
@@ -188,6 +217,52 @@ TEST_P(FlashPrefill, RaggedBatchWithCachedPrefixes) {
   }
 }
 INSTANTIATE_TEST_SUITE_P(HeadDims, FlashPrefill, ::testing::Values(32, 64, 128, 256));
+
+#define TROUPE_SKIP_WITHOUT_WGMMA()                                                                         \
+  do {                                                                                                      \
+    TROUPE_SKIP_WITHOUT_GPU();                                                                              \
+    if (!kc::flash_prefill_wgmma_available())                                                               \
+      GTEST_SKIP() << "the wgmma prefill kernel needs a compute capability 9.0 device and an sm_90a build"; \
+  } while (0)
+
+// The Hopper kernel (head_dim 128) at its tile edges (128 rows, 128 keys), with 16-token blocks gathered 16
+// rows apart by its loader, and the cases its masks and block ids can get wrong.
+TEST(FlashPrefillWgmma, MatchesReference) {
+  TROUPE_SKIP_WITHOUT_WGMMA();
+  const attn_impl w = attn_impl::flash_prefill_wgmma;
+  uint32_t seed = 900;
+  // Whole prompts, chunks after cached prefixes, a decode row and a tiny prompt, mixed (GQA 8/2).
+  run_case({{200, 77, 1, 3, 130}, {200, 301, 517, 3, 1000}, 8, 2, 128, 16, 0}, w, seed++);
+  run_case({{129, 64}, {129, 64}, 4, 4, 128, 16, 0}, w, seed++);               // MHA, a row past a tile
+  run_case({{256, 128, 384}, {256, 128, 384}, 2, 2, 128, 16, 0}, w, seed++);   // exact tiles
+  run_case({{150, 40}, {150, 300}, 8, 1, 128, 32, 0}, w, seed++);              // MQA, block size 32
+  run_case({{300, 200, 17}, {300, 900, 1200}, 32, 8, 128, 16, 0}, w, seed++);  // Llama GQA 32/8
+  run_case({{60, 33}, {60, 640}, 16, 1, 128, 16, 0}, w, seed++);               // MQA 16/1, prefix
+  run_case({{300, 90}, {300, 333}, 8, 2, 128, 16, 100}, w, seed++);            // sliding window
+  run_case({{260, 50}, {700, 50}, 4, 2, 128, 16, 17}, w, seed++);              // window inside a tile
+  run_case({{200, 70}, {200, 400}, 4, 2, 128, 16, 5000}, w, seed++);           // window past the context
+  run_case({{100, 33}, {612, 40}, 4, 1, 128, 8, 0}, w, seed++);                // block size 8
+  run_case({{97, 130}, {300, 130}, 4, 2, 128, 48, 0}, w, seed++);              // block size 48 (not 2^k)
+  attn_case merged{{190, 5}, {190, 450}, 8, 2, 128, 16, 0};
+  merged.merged_qkv = true;  // q inside the qkv projection output: q_stride > heads * head_dim
+  run_case(merged, w, seed++);
+}
+
+// The two prefill kernels on the same inputs agree within bf16 rounding, on larger shapes than the CPU
+// reference can afford.
+TEST(FlashPrefillWgmma, MatchesMmaSyncKernel) {
+  TROUPE_SKIP_WITHOUT_WGMMA();
+  uint32_t seed = 950;
+  for (const attn_case& c :
+       {attn_case{{1024, 1024}, {1024, 1024}, 8, 2, 128, 16, 0}, attn_case{{2048}, {2048}, 32, 8, 128, 16, 0},
+        attn_case{{700, 1500}, {3000, 1500}, 8, 8, 128, 16, 0},
+        attn_case{{1000, 513}, {1600, 513}, 8, 2, 128, 16, 300}}) {
+    const auto a = run_case(c, attn_impl::flash_prefill_wgmma, seed, false);
+    const auto b = run_case(c, attn_impl::flash_prefill8, seed, false);
+    expect_close(a, b, 2e-2f, 2e-2f, 1e-2, "wgmma vs mma.sync, seed " + std::to_string(seed));
+    ++seed;
+  }
+}
 
 class Decode : public ::testing::TestWithParam<int> {};
 
@@ -233,6 +308,9 @@ TEST(Attention, RefusesUnsupportedShapes) {
   p.head_dim = 96;
   EXPECT_THROW(kc::flash_attention_prefill(p, nullptr), std::runtime_error);
   EXPECT_THROW(kc::paged_attention_decode(p, nullptr), std::runtime_error);
+  p.head_dim = 64;  // the wgmma kernel is head_dim 128 only (and refused on other devices)
+  EXPECT_THROW(kc::flash_attention_prefill(p, nullptr, 0, kc::flash_prefill_kernel::wgmma_sm90),
+               std::runtime_error);
   p.head_dim = 128;
   p.num_heads = 12;  // group of 6: no paged kernel for it
   p.num_kv_heads = 2;
