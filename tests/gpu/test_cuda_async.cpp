@@ -4,13 +4,19 @@
 // on the device. Ids, logprobs and top logprobs must be bit-identical: the same kernels run on the same
 // inputs, only the token ids travel differently. Greedy and seeded sampled rows, a mixed step (a prompt
 // joins while the others decode, so the eager path gathers pending ids too), with and without graphs.
+// Then the serving path: core::scheduler and step_executor over the CUDA runner, planning step N + 1 while
+// step N runs (as the scheduler actor does) against one step at a time.
 #include <gtest/gtest.h>
 
 #include <cstdlib>
+#include <map>
+#include <memory>
 #include <random>
 #include <string>
 #include <vector>
 
+#include "core/sched/scheduler.h"
+#include "core/sched/step_executor.h"
 #include "plugins/cuda/cuda_model_runner.h"
 #include "tests/gpu/gpu_test_util.h"
 
@@ -195,6 +201,95 @@ TEST(CudaAsync, SubmittedStepsEqualSynchronousSteps) {
         }
       }
     }
+  }
+}
+
+// One request's sequences as the scheduler reports them: tokens, logprobs and the finish reason.
+struct served {
+  std::vector<int32_t> ids;
+  std::vector<float> lps;
+  std::string finish;
+};
+
+std::map<std::pair<uint64_t, int32_t>, served> serve(bool async_scheduling, int32_t* planned_ahead) {
+  cuda_runner_options opt;
+  opt.num_kv_blocks = 256;
+  auto runner = cuda_model_runner::load(golden_dir("llama_gqa"), opt);
+  scheduler_config cfg;
+  cfg.max_num_batched_tokens = 96;  // the 150-token prompt is prefilled in chunks
+  cfg.max_num_seqs = 16;
+  cfg.max_model_len = 256;
+  cfg.async_scheduling = async_scheduling;
+  scheduler sched(cfg, runner->num_kv_blocks(), runner->block_size(), true);
+  step_executor exec(*runner);
+  std::mt19937 rng(31);
+  std::uniform_int_distribution<int32_t> tok(3, 1000);
+  auto prompt = [&](int n) {
+    std::vector<int32_t> p(n);
+    for (auto& x : p) x = tok(rng);
+    return p;
+  };
+  const std::vector<int32_t> shared = prompt(40);  // two requests share it: a prefix-cache hit
+  for (uint64_t rid = 1; rid <= 7; ++rid) {
+    sched_request_in in;
+    in.rid = rid;
+    in.prompt = rid == 5 ? prompt(150) : prompt(3 + 9 * static_cast<int>(rid));
+    if (rid == 2 || rid == 3) {
+      in.prompt = shared;
+      in.prompt.push_back(static_cast<int32_t>(rid));
+    }
+    auto p = std::make_shared<sampling_params>();
+    p->max_tokens = 12 + static_cast<int32_t>(rid);
+    p->ignore_eos = true;
+    p->temperature = rid % 2 == 0 ? 0.0f : 0.8f;
+    p->top_p = 0.9f;
+    if (rid == 3) p->logprobs = 2;
+    if (rid == 4) p->n = 2;  // forks after its prompt
+    in.seed = 1000 + rid;
+    in.params = p;
+    EXPECT_TRUE(sched.add(std::move(in)));
+  }
+  std::map<std::pair<uint64_t, int32_t>, served> out;
+  int32_t in_flight = 0;
+  for (int guard = 0; (sched.has_work() || in_flight > 0) && guard < 1000; ++guard) {
+    while (sched.has_work() &&
+           (sched.num_in_flight() == 0 || (sched.num_in_flight() == 1 && sched.can_plan_ahead()))) {
+      step_plan plan = sched.plan();
+      if (plan.empty()) break;
+      if (sched.num_in_flight() == 2) ++*planned_ahead;
+      exec.submit(plan);
+    }
+    in_flight = sched.num_in_flight();
+    if (in_flight == 0) break;
+    for (const seq_output& o : sched.update(exec.collect())) {
+      served& s = out[{o.rid, o.index}];
+      s.ids.push_back(o.token);
+      s.lps.push_back(o.logprob);
+      if (o.finish_reason) s.finish = *o.finish_reason;
+    }
+    in_flight = sched.num_in_flight();
+  }
+  EXPECT_FALSE(sched.has_work());
+  return out;
+}
+
+TEST(CudaAsync, PlannedAheadStepsServeTheSameTokens) {
+  TROUPE_SKIP_WITHOUT_GPU();
+  int32_t ahead_sync = 0, ahead_async = 0;
+  const auto sync = serve(false, &ahead_sync);
+  const auto async = serve(true, &ahead_async);
+  EXPECT_EQ(ahead_sync, 0);
+  EXPECT_GT(ahead_async, 10) << "the scheduler should have planned ahead on most decode steps";
+  ASSERT_EQ(async.size(), sync.size());
+  EXPECT_EQ(sync.size(), 8u);  // 7 requests, one with n = 2
+  for (const auto& [key, s] : sync) {
+    const std::string what = "rid " + std::to_string(key.first) + " seq " + std::to_string(key.second);
+    auto it = async.find(key);
+    ASSERT_NE(it, async.end()) << what;
+    EXPECT_EQ(s.finish, "length") << what;
+    EXPECT_EQ(it->second.ids, s.ids) << what;
+    EXPECT_EQ(it->second.lps, s.lps) << what;
+    EXPECT_EQ(it->second.finish, s.finish) << what;
   }
 }
 
