@@ -226,7 +226,9 @@ __global__ void __launch_bounds__(kThreads, 1)
         const int in_blk = block_shift >= 0 ? j & (p.block_size - 1) : j % p.block_size;
         off = (static_cast<int64_t>(id[i]) * p.block_size + in_blk) * row_elems;
       }
-      cp_async16_to(dst + ld_off + i * kLoadRows * kRowBytes, valid ? base + off : cache, valid);
+      // Rows past the context have id 0: a real block, never read (source size 0). A select of the cache
+      // pointer instead cost a parameter reload and two moves per copy (register pressure).
+      cp_async16_to(dst + ld_off + i * kLoadRows * kRowBytes, base + off, valid);
     }
   };
   // Iteration n copies K_{n+L} and V_{n+L-1} (L = kStages - 1 tiles ahead) into the stages freed by
