@@ -66,7 +66,7 @@ void cuda_sampler::launch(const float* logits, int32_t num_logits, const device_
   const size_t R = static_cast<size_t>(num_rows);
   // Upper bound of the penalty entries, so the pinned staging holds them without a second pass.
   size_t max_entries = 0;
-  bool any_top = false;
+  bool any_top = false, plain_greedy = true;
   for (size_t r = 0; r < R; ++r) {
     const sampling_params* p = rows[r].params;
     TROUPE_CHECK(p != nullptr) << "sample row" << r << "has no parameters";
@@ -78,6 +78,26 @@ void cuda_sampler::launch(const float* logits, int32_t num_logits, const device_
     if (p->repetition_penalty != 1.0f) max_entries += static_cast<size_t>(rows[r].num_prompt_ids);
     if (p->repetition_penalty != 1.0f || p->frequency_penalty != 0.0f || p->presence_penalty != 0.0f)
       max_entries += static_cast<size_t>(rows[r].num_output_ids);
+    plain_greedy = plain_greedy && p->is_greedy() && p->repetition_penalty == 1.0f &&
+                   p->frequency_penalty == 0.0f && p->presence_penalty == 0.0f && p->logprobs == 0 &&
+                   rows[r].logits_row == static_cast<int32_t>(r);
+  }
+  const size_t out_small = 2 * R * sizeof(int32_t);
+  if (plain_greedy && num_rows == num_logits) {
+    // Every row greedy, in logits order, with no penalties or top logprobs (a batch of greedy requests):
+    // the argmax kernel alone, with no row parameters to build and upload. Same ids (the lowest among equal
+    // maxima, -1 for a NaN, +inf or all -inf row) and log-softmax as sample_rows' greedy rows.
+    reserve(out_dev_, out_dev_cap_, out_small, false, stream);
+    reserve(sl.out_host, sl.out_host_cap, out_small, true, stream);
+    auto* d_ids = static_cast<int32_t*>(out_dev_);
+    kc::argmax_logprob(logits, num_rows, vocab_, d_ids, reinterpret_cast<float*>(d_ids + R), stream);
+    if (ids_copy != nullptr)
+      TROUPE_CUDA_CHECK(
+          cudaMemcpyAsync(ids_copy, d_ids, R * sizeof(int32_t), cudaMemcpyDeviceToDevice, stream));
+    TROUPE_CUDA_CHECK(cudaMemcpyAsync(sl.out_host, out_dev_, out_small, cudaMemcpyDeviceToHost, stream));
+    TROUPE_CUDA_CHECK(cudaEventRecord(sl.done, stream));
+    sl.pending = true;
+    return;
   }
   const size_t params_bytes = R * sizeof(kc::sample_row_params);
   reserve(sl.in_host, sl.in_host_cap, params_bytes + 2 * max_entries * sizeof(int32_t), true, stream);
@@ -135,7 +155,6 @@ void cuda_sampler::launch(const float* logits, int32_t num_logits, const device_
     std::memmove(pen_ids + num_entries, pen_counts, static_cast<size_t>(num_entries) * sizeof(int32_t));
   const size_t in_bytes = params_bytes + 2 * static_cast<size_t>(num_entries) * sizeof(int32_t);
   reserve(in_dev_, in_dev_cap_, in_bytes, false, stream);
-  const size_t out_small = 2 * R * sizeof(int32_t);
   const size_t out_bytes = out_small + 2 * R * kc::kSampleMaxTop * sizeof(int32_t);
   reserve(out_dev_, out_dev_cap_, out_bytes, false, stream);
   reserve(sl.out_host, sl.out_host_cap, out_bytes, true, stream);
