@@ -148,6 +148,10 @@ int32_t top_p_cutoff(const float* adj, const float* w, float* vals, float* ids, 
 
 bool sampling_params::is_greedy() const { return temperature < sampling_greedy_temperature; }
 
+bool sampling_params::has_penalties() const {
+  return repetition_penalty != 1.0f || frequency_penalty != 0.0f || presence_penalty != 0.0f;
+}
+
 std::vector<std::string> sampling_params::validate(int32_t vocab_size) const {
   std::vector<std::string> out;
   check_float(out, "temperature", temperature, 0, false, 100, "in [0, 100] (0 means greedy)");
@@ -241,8 +245,7 @@ sample_result sampler::sample(const float* logits, int32_t vocab_size, const sam
   const double lse = want_lse ? log_sum_exp(logits, vocab_size) : 0.0;
   top_logprobs(logits, vocab_size, p.logprobs, lse, result.top);
 
-  const bool penalized =
-      p.repetition_penalty != 1.0f || p.frequency_penalty != 0.0f || p.presence_penalty != 0.0f;
+  const bool penalized = p.has_penalties();
   if (p.is_greedy()) {
     // Without penalties the argmax reads the logits in place: no copy of the row.
     const float* src = logits;

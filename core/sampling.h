@@ -32,6 +32,8 @@ struct sampling_params {
   std::vector<std::string> validate(int32_t vocab_size) const;
 
   bool is_greedy() const;
+  // Any of the repetition, presence or frequency penalties is on (the draw reads the history).
+  bool has_penalties() const;
 };
 
 // Below this temperature sampling is greedy (vLLM's _SAMPLING_EPS): dividing by a tinier value only

@@ -7,14 +7,6 @@
 
 namespace troupe {
 
-namespace {
-
-bool has_penalties(const sampling_params& p) {
-  return p.repetition_penalty != 1.0f || p.presence_penalty != 0.0f || p.frequency_penalty != 0.0f;
-}
-
-}  // namespace
-
 scheduler::scheduler(const scheduler_config& cfg, int32_t num_blocks, int32_t block_size, bool prefix_caching)
     : cfg_(cfg), kv_(num_blocks, block_size, prefix_caching) {
   TROUPE_CHECK_GT(cfg_.max_model_len, 0);
@@ -197,13 +189,13 @@ void scheduler::schedule(sequence& s, int32_t n, step_plan& plan) {
 void scheduler::enter_running(sequence& s) {
   s.running = true;
   running_[key_of(s)] = &s;
-  if (has_penalties(*s.req->in.params)) ++num_running_penalized_;
+  if (s.req->in.params->has_penalties()) ++num_running_penalized_;
 }
 
 void scheduler::leave_running(sequence& s) {
   running_.erase(key_of(s));
   s.running = false;
-  if (has_penalties(*s.req->in.params)) --num_running_penalized_;
+  if (s.req->in.params->has_penalties()) --num_running_penalized_;
 }
 
 bool scheduler::last_draw_in_flight(const sequence& s) const {
@@ -243,7 +235,7 @@ step_plan scheduler::plan() {
     if (ahead && s->draw_step == in_flight) {
       // It draws its next token in the in-flight step: compute that token (a placeholder) at the next
       // position, unless the token ends it by length anyway (never schedule past max_tokens).
-      if (last_draw_in_flight(*s) || has_penalties(*s->req->in.params)) continue;
+      if (last_draw_in_flight(*s) || s->req->in.params->has_penalties()) continue;
       TROUPE_CHECK_EQ(s->placeholder_at, -1) << "sequence" << s->id;
       TROUPE_CHECK_EQ(static_cast<size_t>(s->num_computed), s->tokens.size()) << "sequence" << s->id;
       s->placeholder_at = static_cast<int32_t>(s->tokens.size());

@@ -13,10 +13,6 @@ double now_s() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
-bool has_penalties(const sampling_params& p) {
-  return p.repetition_penalty != 1.0f || p.presence_penalty != 0.0f || p.frequency_penalty != 0.0f;
-}
-
 }  // namespace
 
 step_executor::step_executor(model_runner& runner) : runner_(runner), async_(runner.samples_async()) {}
@@ -271,7 +267,7 @@ void step_executor::build_device_rows(const step_plan& plan, std::vector<draw_ta
   for_each_draw(plan, [&](mirror& m, int64_t seq_id, int32_t logits_row, uint64_t step) {
     // The device reads the history now: with a draw of this sequence still outstanding it would miss a
     // token. The scheduler does not plan ahead for sequences with penalties.
-    if (m.pending > 0) TROUPE_CHECK(!has_penalties(*m.params)) << "sequence" << seq_id << "has penalties";
+    if (m.pending > 0) TROUPE_CHECK(!m.params->has_penalties()) << "sequence" << seq_id << "has penalties";
     device_sample_row d;
     d.logits_row = logits_row;
     d.params = m.params.get();

@@ -76,10 +76,8 @@ void cuda_sampler::launch(const float* logits, int32_t num_logits, const device_
     any_top |= p->logprobs > 0;
     sl.num_top[r] = std::min(p->logprobs, vocab_);
     if (p->repetition_penalty != 1.0f) max_entries += static_cast<size_t>(rows[r].num_prompt_ids);
-    if (p->repetition_penalty != 1.0f || p->frequency_penalty != 0.0f || p->presence_penalty != 0.0f)
-      max_entries += static_cast<size_t>(rows[r].num_output_ids);
-    plain_greedy = plain_greedy && p->is_greedy() && p->repetition_penalty == 1.0f &&
-                   p->frequency_penalty == 0.0f && p->presence_penalty == 0.0f && p->logprobs == 0 &&
+    if (p->has_penalties()) max_entries += static_cast<size_t>(rows[r].num_output_ids);
+    plain_greedy = plain_greedy && p->is_greedy() && !p->has_penalties() && p->logprobs == 0 &&
                    rows[r].logits_row == static_cast<int32_t>(r);
   }
   const size_t out_small = 2 * R * sizeof(int32_t);
@@ -125,7 +123,7 @@ void cuda_sampler::launch(const float* logits, int32_t num_logits, const device_
     // The distinct ids of prompt + output (output only without a repetition penalty), each with its count
     // among the outputs: what apply_penalties reads, once per id.
     const bool repetition = p.repetition_penalty != 1.0f;
-    if (repetition || p.frequency_penalty != 0.0f || p.presence_penalty != 0.0f) {
+    if (p.has_penalties()) {
       if (++epoch_ == 0) {  // wrapped: forget every stamp
         std::fill(seen_.begin(), seen_.end(), 0);
         epoch_ = 1;
