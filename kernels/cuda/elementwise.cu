@@ -55,7 +55,8 @@ __device__ float block_sum(float v) {
 }
 
 __global__ void embedding_kernel(const int32_t* ids, const int32_t* pending, const int32_t* pending_ids,
-                                 const bf16x8* table, bf16x8* out, int64_t vecs_per_row) {
+                                 const bf16x8* table, bf16x8* out, int64_t vecs_per_row, bool early_trigger) {
+  if (early_trigger) pdl_trigger();  // pdl_trigger_early
   pdl_wait();
   const int64_t r = blockIdx.x;
   const int32_t from = pending != nullptr ? pending[r] : -1;
@@ -85,7 +86,8 @@ __device__ __forceinline__ void store8(f32x8* p, int64_t i, float (&f)[8]) {
 
 template <typename R>
 __global__ void add_rms_norm_kernel(R* residual, const bf16x8* x, const bf16x8* w, bf16x8* y,
-                                    int64_t vecs_per_row, int64_t dim, float eps) {
+                                    int64_t vecs_per_row, int64_t dim, float eps, bool early_trigger) {
+  if (early_trigger) pdl_trigger();  // pdl_trigger_early
   pdl_wait();
   const int64_t r = blockIdx.x;
   R* res = residual + r * vecs_per_row;
@@ -235,7 +237,8 @@ void embedding(const int32_t* ids, const bf16* table, bf16* out, int64_t rows, i
   if (rows == 0) return;
   launch_pdl(embedding_kernel, dim3(static_cast<unsigned>(rows)), dim3(threads_for(dim / 8)), 0, stream, ids,
              static_cast<const int32_t*>(nullptr), static_cast<const int32_t*>(nullptr),
-             reinterpret_cast<const bf16x8*>(table), reinterpret_cast<bf16x8*>(out), dim / 8);
+             reinterpret_cast<const bf16x8*>(table), reinterpret_cast<bf16x8*>(out), dim / 8,
+             pdl_trigger_early(rows));
 }
 
 void embedding_pending(const int32_t* ids, const int32_t* pending, const int32_t* pending_ids,
@@ -244,7 +247,7 @@ void embedding_pending(const int32_t* ids, const int32_t* pending, const int32_t
   if (rows == 0) return;
   launch_pdl(embedding_kernel, dim3(static_cast<unsigned>(rows)), dim3(threads_for(dim / 8)), 0, stream, ids,
              pending, pending_ids, reinterpret_cast<const bf16x8*>(table), reinterpret_cast<bf16x8*>(out),
-             dim / 8);
+             dim / 8, pdl_trigger_early(rows));
 }
 
 void add_rms_norm(bf16* residual, const bf16* x, const bf16* w, bf16* y, int64_t rows, int64_t dim, float eps,
@@ -253,7 +256,8 @@ void add_rms_norm(bf16* residual, const bf16* x, const bf16* w, bf16* y, int64_t
   if (rows == 0) return;
   launch_pdl(add_rms_norm_kernel<bf16x8>, dim3(static_cast<unsigned>(rows)), dim3(threads_for(dim / 8)), 0,
              stream, reinterpret_cast<bf16x8*>(residual), reinterpret_cast<const bf16x8*>(x),
-             reinterpret_cast<const bf16x8*>(w), reinterpret_cast<bf16x8*>(y), dim / 8, dim, eps);
+             reinterpret_cast<const bf16x8*>(w), reinterpret_cast<bf16x8*>(y), dim / 8, dim, eps,
+             pdl_trigger_early(rows));
 }
 
 void add_rms_norm(float* residual, const bf16* x, const bf16* w, bf16* y, int64_t rows, int64_t dim,
@@ -262,7 +266,8 @@ void add_rms_norm(float* residual, const bf16* x, const bf16* w, bf16* y, int64_
   if (rows == 0) return;
   launch_pdl(add_rms_norm_kernel<f32x8>, dim3(static_cast<unsigned>(rows)), dim3(threads_for(dim / 8)), 0,
              stream, reinterpret_cast<f32x8*>(residual), reinterpret_cast<const bf16x8*>(x),
-             reinterpret_cast<const bf16x8*>(w), reinterpret_cast<bf16x8*>(y), dim / 8, dim, eps);
+             reinterpret_cast<const bf16x8*>(w), reinterpret_cast<bf16x8*>(y), dim / 8, dim, eps,
+             pdl_trigger_early(rows));
 }
 
 void head_rms_norm(bf16* x, const bf16* w, int64_t rows, int64_t row_stride, int64_t num_heads,

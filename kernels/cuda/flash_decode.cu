@@ -45,7 +45,8 @@ struct warp_decode_cfg {
 
 template <int D, int kStages>
 __global__ void __launch_bounds__(kWarps * 32)
-    flash_decode_warp_kernel(attention_params p, int num_splits, int block_shift) {
+    flash_decode_warp_kernel(attention_params p, int num_splits, int block_shift, bool early_trigger) {
+  if (early_trigger) pdl_trigger();  // a grid smaller than the GPU (pdl_trigger_early)
   using C = warp_decode_cfg<D, kStages>;
   constexpr int kChunks = D / 8;
   // Before pdl_wait() (while the kernel before this one finishes): only the step's inputs, uploaded before
@@ -367,7 +368,8 @@ void launch(const attention_params& p, int num_splits, cudaStream_t stream) {
   }
   const int block_shift = (p.block_size & (p.block_size - 1)) == 0 ? __builtin_ctz(p.block_size) : -1;
   const dim3 grid(p.num_kv_heads, p.num_seqs * num_splits);
-  launch_pdl(kernel, grid, dim3(kWarps * 32), C::kSmemBytes, stream, p, num_splits, block_shift);
+  const bool early = pdl_trigger_early(static_cast<int64_t>(grid.x) * grid.y);
+  launch_pdl(kernel, grid, dim3(kWarps * 32), C::kSmemBytes, stream, p, num_splits, block_shift, early);
 }
 
 // Ring depth per head dim: 3 tiles (2 in flight per warp) while two blocks still fit an SM, 2 at 256. A grid

@@ -54,7 +54,7 @@ __global__ void __launch_bounds__(kGemvWarps * 32)
     gemv_kernel(const bf16* __restrict__ x,  // [M, k]
                 const bf16* __restrict__ w,  // [n, k], or [2n, k] when kGated
                 OutT* __restrict__ y,        // [M, n]
-                int n, int k) {
+                int n, int k, bool early_trigger) {
   constexpr int kRows = kGated ? 2 * kR : kR;                      // rows of w per warp
   constexpr int kU = kRows == 1 ? kUnroll : (kRows == 2 ? 2 : 1);  // chunks per row in flight per lane
   const int row0 = (blockIdx.x * kGemvWarps + threadIdx.x / 32) * kR, lane = threadIdx.x % 32;
@@ -66,13 +66,21 @@ __global__ void __launch_bounds__(kGemvWarps * 32)
     const int out = min(row0 + r % kR, n - 1);
     wr[r] = reinterpret_cast<const uint4*>(w + static_cast<int64_t>(r < kR ? out : n + out) * k);
   }
-  // Before the previous kernel has finished (programmatic dependent launch): pull the first chunks of this
-  // warp's weight rows into L2, which reads nothing that kernel writes.
+  // Before the previous kernel has finished (programmatic dependent launch): this lane's first chunks of its
+  // weight rows, which that kernel does not write, are requested into registers. With early triggers
+  // (pdl.h) this kernel launches while the one before still runs, so these loads overlap its tail, or, after
+  // a grid smaller than the GPU (a norm, decode attention at batch 1), fill HBM time that would idle.
+  // (Requesting them into L2 instead, and more of each row, measured slower: perf-notes v9.)
+  int c = lane;
+  uint4 wv[kU][kRows];
+  const bool first_full = c + 32 * (kU - 1) < chunks;
+  if (first_full) {
 #pragma unroll
-  for (int r = 0; r < kRows; ++r)
+    for (int u = 0; u < kU; ++u)
 #pragma unroll
-    for (int u = 0; u < (kU < 4 ? kU : 4); ++u)  // at most 2 KB a row: all rows' together must fit L2
-      if (lane + 32 * u < chunks) asm volatile("prefetch.global.L2 [%0];" ::"l"(wr[r] + lane + 32 * u));
+      for (int r = 0; r < kRows; ++r) wv[u][r] = load_stream(wr[r] + c + 32 * u);
+  }
+  if (early_trigger) pdl_trigger();
   pdl_wait();
   const uint4* xr = reinterpret_cast<const uint4*>(x);
   float acc[kRows][M];
@@ -80,34 +88,38 @@ __global__ void __launch_bounds__(kGemvWarps * 32)
   for (int r = 0; r < kRows; ++r)
 #pragma unroll
     for (int m = 0; m < M; ++m) acc[r][m] = 0.0f;
-  int c = lane;
-  for (; c + 32 * (kU - 1) < chunks; c += 32 * kU) {
-    uint4 wv[kU][kRows];
-#pragma unroll
-    for (int u = 0; u < kU; ++u)
-#pragma unroll
-      for (int r = 0; r < kRows; ++r) wv[u][r] = load_stream(wr[r] + c + 32 * u);
+  auto dot_batch = [&](int c0) {
 #pragma unroll
     for (int u = 0; u < kU; ++u)
 #pragma unroll
       for (int m = 0; m < M; ++m) {
-        const uint4 xv = __ldg(xr + m * chunks + c + 32 * u);
+        const uint4 xv = __ldg(xr + m * chunks + c0 + 32 * u);
 #pragma unroll
         for (int r = 0; r < kRows; ++r) acc[r][m] = dot8(wv[u][r], xv, acc[r][m]);
       }
+  };
+  if (first_full) {
+    dot_batch(c);
+    c += 32 * kU;
+  }
+  for (; c + 32 * (kU - 1) < chunks; c += 32 * kU) {
+#pragma unroll
+    for (int u = 0; u < kU; ++u)
+#pragma unroll
+      for (int r = 0; r < kRows; ++r) wv[u][r] = load_stream(wr[r] + c + 32 * u);
+    dot_batch(c);
   }
   for (; c < chunks; c += 32) {
-    uint4 wv[kRows];
 #pragma unroll
-    for (int r = 0; r < kRows; ++r) wv[r] = load_stream(wr[r] + c);
+    for (int r = 0; r < kRows; ++r) wv[0][r] = load_stream(wr[r] + c);
 #pragma unroll
     for (int m = 0; m < M; ++m) {
       const uint4 xv = __ldg(xr + m * chunks + c);
 #pragma unroll
-      for (int r = 0; r < kRows; ++r) acc[r][m] = dot8(wv[r], xv, acc[r][m]);
+      for (int r = 0; r < kRows; ++r) acc[r][m] = dot8(wv[0][r], xv, acc[r][m]);
     }
   }
-  pdl_trigger();
+  if (!early_trigger) pdl_trigger();
 #pragma unroll
   for (int r = 0; r < kRows; ++r)
 #pragma unroll
@@ -136,7 +148,7 @@ void launch_gemv_m(const bf16* x, const bf16* w, OutT* y, int64_t n, int64_t k, 
   constexpr int kR = M == 1 ? 1 : (kGated ? 2 : 4);
   const dim3 grid(static_cast<unsigned>((n + kGemvWarps * kR - 1) / (kGemvWarps * kR)));
   launch_pdl(gemv_kernel<M, kR, kGated, OutT>, grid, dim3(kGemvWarps * 32), 0, stream, x, w, y,
-             static_cast<int>(n), static_cast<int>(k));
+             static_cast<int>(n), static_cast<int>(k), pdl_early_triggers());
 }
 
 // n: outputs per row of y (the gated kernel reads 2n rows of w).

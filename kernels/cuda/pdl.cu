@@ -1,4 +1,4 @@
-// The process-wide switch of kernels/cuda/pdl.h.
+// The process-wide switches of kernels/cuda/pdl.h.
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
@@ -18,5 +18,23 @@ std::atomic<bool>& pdl_flag() {
 
 bool pdl_enabled() { return pdl_flag().load(std::memory_order_relaxed); }
 void set_pdl_enabled(bool on) { pdl_flag().store(on, std::memory_order_relaxed); }
+
+bool pdl_early_triggers() {
+  static const bool on = [] {
+    const char* e = std::getenv("TROUPE_EARLY_TRIGGER");
+    return e == nullptr || std::strcmp(e, "0") != 0;
+  }();
+  return on;
+}
+
+bool pdl_trigger_early(int64_t blocks) {
+  static const int sms = [] {
+    int dev = 0, n = 0;
+    TROUPE_CUDA_CHECK(cudaGetDevice(&dev));
+    TROUPE_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev));
+    return n;
+  }();
+  return pdl_early_triggers() && blocks < sms;
+}
 
 }  // namespace troupe::kernels::cuda

@@ -6,12 +6,16 @@
 // Contract for every kernel launched with launch_pdl: it calls pdl_wait() before it reads anything an
 // earlier kernel wrote and before it writes anything (after pdl_wait(), every earlier kernel in the stream
 // has completed and its writes are visible). Work before pdl_wait() may only touch read-only inputs (the
-// weights). pdl_trigger() lets the next kernel launch once every block has called it (or exited); kernels
-// call it when their main loop is done. Both are no-ops for a kernel launched the ordinary way, so tests and
-// other callers may launch these kernels with <<<>>>.
+// weights, and the K/V of earlier steps). pdl_trigger() lets the next kernel launch once every block has
+// called it (or exited); kernels call it when their main loop is done, or on entry (early triggers, below).
+// Since every kernel waits for the one before it to complete, a kernel that launched early still sees all
+// earlier kernels complete after its pdl_wait(). Both are no-ops for a kernel launched the ordinary way, so
+// tests and other callers may launch these kernels with <<<>>>.
 #pragma once
 
 #include <cuda_runtime_api.h>
+
+#include <cstdint>
 
 #include "kernels/cuda/check.h"
 
@@ -20,6 +24,14 @@ namespace troupe::kernels::cuda {
 // On by default; off makes launch_pdl an ordinary launch (benchmarks compare; TROUPE_PDL=0 at startup).
 bool pdl_enabled();
 void set_pdl_enabled(bool on);
+
+// Early triggers: a kernel may call pdl_trigger() on entry rather than after its main loop, so that the
+// kernel after it launches sooner and requests its weights (which no kernel writes) before its pdl_wait().
+// The gemvs do (the next kernel's blocks take SMs as the gemv's last blocks retire), and so does a grid
+// smaller than the GPU (the norms, the embedding and decode attention at batch 1), which leaves most SMs and
+// HBM idle: pdl_trigger_early(blocks). TROUPE_EARLY_TRIGGER=0 at startup: none (benchmarks compare).
+bool pdl_early_triggers();
+bool pdl_trigger_early(int64_t blocks);
 
 #ifdef __CUDACC__
 __device__ __forceinline__ void pdl_wait() {

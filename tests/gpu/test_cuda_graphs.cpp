@@ -1,6 +1,7 @@
 // Decode steps replayed from CUDA graphs (per batch bucket, padded, and per context bucket) against the same
 // steps launched one by one: the same greedy tokens and logprobs, for a batch that needs padding (3 -> 4)
-// and for sequences whose context crosses a bucket boundary (256 -> 512) mid-generation.
+// and for sequences whose context crosses a bucket boundary (256 -> 512) mid-generation; and programmatic
+// dependent launch (early triggers included) changing no bit.
 #include <gtest/gtest.h>
 
 #include <cstdlib>
@@ -88,17 +89,23 @@ TEST(CudaGraphs, ProgrammaticDependentLaunchChangesNoBit) {
     for (auto& x : p) x = tok(rng);
     prompts.push_back(p);
   }
-  for (const std::string model : {"llama_gqa", "qwen3"}) {
-    for (bool graphs : {true, false}) {
-      kernels::cuda::set_pdl_enabled(false);
-      const auto off = run(model, graphs, "flash", prompts, 16);
-      kernels::cuda::set_pdl_enabled(true);
-      const auto on = run(model, graphs, "flash", prompts, 16);
-      ASSERT_EQ(on.size(), off.size());
-      for (size_t i = 0; i < on.size(); ++i) {
-        const std::string what = model + (graphs ? " graphs" : " eager") + " seq " + std::to_string(i);
-        EXPECT_EQ(on[i].ids, off[i].ids) << what;
-        EXPECT_EQ(on[i].token_logprobs, off[i].token_logprobs) << what;
+  // The batch of three, and one sequence alone: grids smaller than the GPU (the norms, the embedding, decode
+  // attention) let the next kernel launch on entry (pdl_trigger_early), and its weight loads start before
+  // its pdl_wait().
+  for (const auto& batch : {prompts, std::vector<std::vector<int32_t>>{prompts[1]}}) {
+    for (const std::string model : {"llama_gqa", "qwen3"}) {
+      for (bool graphs : {true, false}) {
+        kernels::cuda::set_pdl_enabled(false);
+        const auto off = run(model, graphs, "flash", batch, 16);
+        kernels::cuda::set_pdl_enabled(true);
+        const auto on = run(model, graphs, "flash", batch, 16);
+        ASSERT_EQ(on.size(), off.size());
+        for (size_t i = 0; i < on.size(); ++i) {
+          const std::string what = model + (graphs ? " graphs" : " eager") + " batch " +
+                                   std::to_string(batch.size()) + " seq " + std::to_string(i);
+          EXPECT_EQ(on[i].ids, off[i].ids) << what;
+          EXPECT_EQ(on[i].token_logprobs, off[i].token_logprobs) << what;
+        }
       }
     }
   }
