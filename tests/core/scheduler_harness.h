@@ -12,6 +12,7 @@
 #include <deque>
 #include <functional>
 #include <map>
+#include <memory>
 #include <numeric>
 #include <random>
 #include <stdexcept>
@@ -338,6 +339,146 @@ inline scheduler_config config(int32_t budget, int32_t max_seqs = 256, int64_t m
 
 inline std::vector<std::pair<int32_t, int32_t>> diff(std::initializer_list<std::pair<int32_t, int32_t>> l) {
   return l;
+}
+
+// ---- Workloads shared by test_scheduler.cpp and test_scheduler_async.cpp ----
+
+// Two 4-token prompts, 4 blocks of 4: both decode until position 8 needs a third block for A.
+inline void add_preemption_pair(harness& h) {
+  ASSERT_TRUE(h.sched.add(request(1, iota_tokens(4), params(6))));
+  ASSERT_TRUE(h.sched.add(request(2, iota_tokens(4, 200), params(8))));
+}
+
+inline std::map<seq_key, ids> reference_outputs(void (*add)(harness&)) {
+  harness ref(config(64), 64, 4, false);
+  add(ref);
+  ref.run_until_idle();
+  EXPECT_EQ(ref.sched.stats().preemptions, 0u);
+  return ref.outputs;
+}
+
+// Outputs of one request whose worker plays `script` (output i -> script[i]).
+inline std::pair<ids, std::string> run_scripted(std::shared_ptr<const sampling_params> p,
+                                                int64_t max_model_len = 4096, bool async = false) {
+  harness h(config(64, 256, max_model_len), 64, 4, false);
+  h.async = async;
+  const ids script = {5, 6, 7, kEos, 8, 9, 10, 11, 12, 13};
+  h.worker.next_token = [script](uint64_t, const ids&, int32_t i) { return script.at(i); };
+  EXPECT_TRUE(h.sched.add(request(1, iota_tokens(4), std::move(p))));
+  h.run_until_idle();
+  EXPECT_TRUE(h.sched.idle_and_clean());
+  return {h.outputs[seq_key(1, 0)], h.finish[seq_key(1, 0)]};
+}
+
+inline void add_reset_pair(harness& h) {
+  ASSERT_TRUE(h.sched.add(request(1, iota_tokens(6), params(6))));
+  ASSERT_TRUE(h.sched.add(request(2, iota_tokens(5, 40), params(5))));
+}
+
+// Random workload: arrivals over time, random n, priorities, lengths, shared prefixes (prefix hits),
+// aborts at random points, a pool small enough to preempt.
+struct workload_item {
+  int32_t arrive_step;
+  sched_request_in req;
+};
+
+inline std::vector<workload_item> make_workload(std::mt19937_64& rng, int32_t num_requests) {
+  std::vector<ids> prefixes;
+  for (int i = 0; i < 4; ++i)
+    prefixes.push_back(iota_tokens(4 + static_cast<int32_t>(rng() % 12), 1000 * (i + 1)));
+  std::vector<workload_item> w;
+  for (int32_t i = 0; i < num_requests; ++i) {
+    ids prompt;
+    if (rng() % 2) prompt = prefixes[rng() % prefixes.size()];
+    const int32_t extra = 1 + static_cast<int32_t>(rng() % 20);
+    for (int32_t k = 0; k < extra; ++k) prompt.push_back(3 + static_cast<int32_t>(rng() % 40));
+    auto p = std::make_shared<sampling_params>();
+    p->max_tokens = 1 + static_cast<int32_t>(rng() % 24);
+    p->n = rng() % 5 == 0 ? 2 + static_cast<int32_t>(rng() % 2) : 1;
+    p->ignore_eos = rng() % 3 == 0;
+    if (rng() % 4 == 0) p->stop_token_ids = {3 + static_cast<int32_t>(rng() % 40)};
+    workload_item it;
+    it.arrive_step = static_cast<int32_t>(rng() % (num_requests / 2));
+    it.req = request(static_cast<uint64_t>(i + 1), prompt, p, static_cast<int32_t>(rng() % 3), rng() | 1);
+    w.push_back(std::move(it));
+  }
+  std::stable_sort(w.begin(), w.end(),
+                   [](const auto& a, const auto& b) { return a.arrive_step < b.arrive_step; });
+  return w;
+}
+
+// Runs the workload; with aborts, random requests are aborted between steps and while a step runs.
+inline std::map<seq_key, ids> run_workload(const std::vector<workload_item>& w, const scheduler_config& c,
+                                           int32_t num_blocks, bool prefix, std::mt19937_64* abort_rng,
+                                           scheduler_stats* stats = nullptr, bool async = false,
+                                           int64_t* planned_ahead = nullptr) {
+  harness h(c, num_blocks, 4, prefix);
+  h.check_seq_cap = false;  // n > 1 children join without passing admission
+  // Tokens in [2, 42): EOS (2) sometimes ends a sequence.
+  h.worker.next_token = [](uint64_t seed, const ids& tokens, int32_t) {
+    return 2 + (model_token(seed, tokens, 0) - 3);
+  };
+  size_t next = 0;
+  int32_t step = 0;
+  std::vector<uint64_t> live;
+  while (next < w.size() || h.sched.has_work() || h.sched.step_in_flight()) {
+    while (next < w.size() && w[next].arrive_step <= step) {
+      EXPECT_TRUE(h.sched.add(w[next].req));
+      live.push_back(w[next].req.rid);
+      ++next;
+    }
+    if (abort_rng && !live.empty() && (*abort_rng)() % 4 == 0) {
+      const size_t i = (*abort_rng)() % live.size();
+      h.sched.abort(live[i]);
+      live.erase(live.begin() + static_cast<std::ptrdiff_t>(i));
+    }
+    if (async) {
+      h.plan_ahead();  // up to two steps in flight
+    } else {
+      h.plan();
+      if (h.sched.step_in_flight()) h.queue.emplace_back(h.last, snapshot(h.sched, h.last));
+    }
+    if (!h.queue.empty()) {
+      const step_result r = h.worker.run(h.queue.front().first, h.queue.front().second);
+      h.queue.pop_front();
+      if (abort_rng && !live.empty() && (*abort_rng)() % 8 == 0) {
+        const size_t i = (*abort_rng)() % live.size();
+        h.sched.abort(live[i]);
+        live.erase(live.begin() + static_cast<std::ptrdiff_t>(i));
+      }
+      h.record(h.sched.update(r));
+    }
+    EXPECT_NO_THROW(h.sched.kv().pool().check_invariants());
+    if (::testing::Test::HasFailure() || ++step > 200000) {
+      ADD_FAILURE() << "stopped at step " << step;
+      break;
+    }
+  }
+  h.step();  // flush the last dropped ids
+  if (stats) *stats = h.sched.stats();
+  if (planned_ahead) *planned_ahead = h.planned_ahead;
+  EXPECT_TRUE(h.sched.idle_and_clean());
+  EXPECT_EQ(h.sched.stats().num_requests, 0);
+  EXPECT_EQ(h.sched.kv().num_sequences(), 0);
+  EXPECT_EQ(h.sched.kv().pool().num_blocks_used(), 0);
+  EXPECT_EQ(h.worker.num_known(), 0u);
+  if (!abort_rng) {
+    for (const auto& item : w) {
+      for (int32_t i = 0; i < item.req.params->n; ++i) {
+        EXPECT_EQ(h.finish.count(seq_key(item.req.rid, i)), 1u) << "rid " << item.req.rid << " seq " << i;
+      }
+    }
+  }
+  return h.outputs;
+}
+
+inline scheduler_config random_config(std::mt19937_64& rng) {
+  scheduler_config c = config(8 + static_cast<int32_t>(rng() % 57), 4 + static_cast<int32_t>(rng() % 29), 64);
+  if (rng() % 2) {
+    c.preemption = preemption_mode::swap;
+    c.num_host_blocks = static_cast<int32_t>(rng() % 40);
+  }
+  return c;
 }
 
 // A runner that steps asynchronously over any other runner, the way a device does: forward_sample_submit
