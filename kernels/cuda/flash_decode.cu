@@ -35,19 +35,20 @@ constexpr int kWarps = 4;
 constexpr int kKeys = 16;          // keys per warp tile
 constexpr int kTableCache = 1024;  // block ids staged in shared memory (16384 keys at block size 16)
 
-template <int D, int kStages>
+template <int D, int kStages, int kW = kWarps>
 struct warp_decode_cfg {
   static constexpr int kTileElems = kKeys * D;  // one K or V tile
   static constexpr int kRingElems = kStages * 2 * kTileElems;
-  static constexpr int kSmemBytes = (16 * D + kWarps * kRingElems) * 2;
-  static_assert(kWarps * 16 * (D + 2) * 4 <= kSmemBytes, "merge scratch must fit");
+  static constexpr int kSmemBytes = (16 * D + kW * kRingElems) * 2;
+  static_assert(kW * 16 * (D + 2) * 4 <= kSmemBytes, "merge scratch must fit");
 };
 
-template <int D, int kStages>
-__global__ void __launch_bounds__(kWarps * 32)
+// kW warps a block (4, or 2 for grids of many waves: twice the keys a block for the same fixed cost).
+template <int D, int kStages, int kW>
+__global__ void __launch_bounds__(kW * 32)
     flash_decode_warp_kernel(attention_params p, int num_splits, int block_shift, bool early_trigger) {
   if (early_trigger) pdl_trigger();  // a grid smaller than the GPU (pdl_trigger_early)
-  using C = warp_decode_cfg<D, kStages>;
+  using C = warp_decode_cfg<D, kStages, kW>;
   constexpr int kChunks = D / 8;
   // Before pdl_wait() (while the kernel before this one finishes): only the step's inputs, uploaded before
   // the step's first kernel, and the K/V of positions before this step's tokens, written by earlier steps:
@@ -119,7 +120,7 @@ __global__ void __launch_bounds__(kWarps * 32)
   // keys only go before the wait; the first tile holding a position of this step waits for it.
   int st0 = 0;
   for (; st0 < kStages - 1; ++st0) {
-    const int t = t_begin + warp + kWarps * st0;
+    const int t = t_begin + warp + kW * st0;
     if (t < t_end && t * kKeys + kKeys - 1 >= pos_base) break;
     if (t < t_end) load_tile(t, ring + st0 * 2 * C::kTileElems);
     cp_async_commit();
@@ -137,7 +138,7 @@ __global__ void __launch_bounds__(kWarps * 32)
     const int32_t slot = writes_new_kv ? p.rope.slot_mapping[tok] : -1;
     const int64_t cache_off = (static_cast<int64_t>(slot) * p.num_kv_heads + kv_head) * D;
     const int i0 = lane < RL::kLanesUsed ? lane * RL::kPairs : 0;
-    for (int item = warp; item < 18; item += kWarps) {
+    for (int item = warp; item < 18; item += kW) {
       if (item < 16) {
         if (item < rows_total) {
           bf16 ra[RL::kPairs], rb[RL::kPairs];
@@ -189,7 +190,7 @@ __global__ void __launch_bounds__(kWarps * 32)
   }
   __syncthreads();  // sq, and the new K/V row
   for (int st = st0; st < kStages - 1; ++st) {
-    const int t = t_begin + warp + kWarps * st;
+    const int t = t_begin + warp + kW * st;
     if (t < t_end) load_tile(t, ring + st * 2 * C::kTileElems);
     cp_async_commit();
   }
@@ -220,12 +221,12 @@ __global__ void __launch_bounds__(kWarps * 32)
     for (int e = 0; e < 4; ++e) o[dn][e] = 0.0f;
   float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
 
-  for (int i = 0, t = t_begin + warp; t < t_end; ++i, t += kWarps) {
+  for (int i = 0, t = t_begin + warp; t < t_end; ++i, t += kW) {
     const int stage = i % kStages;
     cp_async_wait<kStages - 2>();  // tile i landed for this lane ...
     __syncwarp();                  // ... and every lane; all are done with tile i - 1's stage
     {
-      const int tn = t + kWarps * (kStages - 1);
+      const int tn = t + kW * (kStages - 1);
       if (tn < t_end) load_tile(tn, ring + ((i + kStages - 1) % kStages) * 2 * C::kTileElems);
       cp_async_commit();
     }
@@ -312,8 +313,8 @@ __global__ void __launch_bounds__(kWarps * 32)
   }
   cp_async_wait<0>();
   __syncthreads();
-  float* scratch_o = reinterpret_cast<float*>(smem_raw);  // [kWarps, 16, D]
-  float* scratch_ml = scratch_o + kWarps * 16 * D;        // [kWarps, 16, 2]
+  float* scratch_o = reinterpret_cast<float*>(smem_raw);  // [kW, 16, D]
+  float* scratch_ml = scratch_o + kW * 16 * D;            // [kW, 16, 2]
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
     const int r = g + 8 * h;
@@ -327,25 +328,27 @@ __global__ void __launch_bounds__(kWarps * 32)
     }
   }
   __syncthreads();
-  // All 128 threads finish the merge: thread tid owns row tid / 8 and the D / 8 columns (tid % 8) + 8 c.
-  const int r = tid / 8, c0 = tid % 8;
+  // All threads finish the merge: thread tid owns row tid / kPerRow and the columns (tid % kPerRow) + kPerRow
+  // c.
+  constexpr int kPerRow = kW * 32 / 16;
+  const int r = tid / kPerRow, c0 = tid % kPerRow;
   if (r >= rows_total) return;
   float mx = -INFINITY;
 #pragma unroll
-  for (int w = 0; w < kWarps; ++w) mx = fmaxf(mx, scratch_ml[(w * 16 + r) * 2]);
+  for (int w = 0; w < kW; ++w) mx = fmaxf(mx, scratch_ml[(w * 16 + r) * 2]);
   const float m_use = mx == -INFINITY ? 0.0f : mx;
-  float wt[kWarps], sum = 0.0f;
+  float wt[kW], sum = 0.0f;
 #pragma unroll
-  for (int w = 0; w < kWarps; ++w) {
+  for (int w = 0; w < kW; ++w) {
     wt[w] = fast_exp2(scratch_ml[(w * 16 + r) * 2] - m_use);
     sum += wt[w] * scratch_ml[(w * 16 + r) * 2 + 1];
   }
   const float inv = sum > 0.0f ? 1.0f / sum : 0.0f;
   const int64_t orow = static_cast<int64_t>(q0 + r / group) * p.num_heads + kv_head * group + r % group;
-  for (int c = c0; c < D; c += 8) {
+  for (int c = c0; c < D; c += kPerRow) {
     float acc = 0.0f;
 #pragma unroll
-    for (int w = 0; w < kWarps; ++w) acc += wt[w] * scratch_o[(w * 16 + r) * D + c];
+    for (int w = 0; w < kW; ++w) acc += wt[w] * scratch_o[(w * 16 + r) * D + c];
     if (num_splits == 1) {
       p.out[orow * D + c] = __float2bfloat16(acc * inv);
     } else {
@@ -356,20 +359,30 @@ __global__ void __launch_bounds__(kWarps * 32)
     parts.part_lse[split * out_rows + orow] = sum > 0.0f ? mx + log2f(sum) : -INFINITY;
 }
 
-template <int D, int kStages>
-void launch(const attention_params& p, int num_splits, cudaStream_t stream) {
-  using C = warp_decode_cfg<D, kStages>;
-  auto kernel = flash_decode_warp_kernel<D, kStages>;
-  static bool configured = false;  // the attribute is per function; once per process suffices
-  if (!configured) {
+// Blocks of this configuration one SM holds (sets the kernel's shared-memory attribute, once per process).
+template <int D, int kStages, int kW>
+int blocks_per_sm() {
+  using C = warp_decode_cfg<D, kStages, kW>;
+  static const int n = [] {
+    auto kernel = flash_decode_warp_kernel<D, kStages, kW>;
     TROUPE_CUDA_CHECK(
         cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, C::kSmemBytes));
-    configured = true;
-  }
+    int per_sm = 0;
+    TROUPE_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kW * 32, C::kSmemBytes));
+    return std::max(1, per_sm);
+  }();
+  return n;
+}
+
+template <int D, int kStages, int kW = kWarps>
+void launch(const attention_params& p, int num_splits, cudaStream_t stream) {
+  using C = warp_decode_cfg<D, kStages, kW>;
+  auto kernel = flash_decode_warp_kernel<D, kStages, kW>;
+  blocks_per_sm<D, kStages, kW>();  // the shared-memory attribute
   const int block_shift = (p.block_size & (p.block_size - 1)) == 0 ? __builtin_ctz(p.block_size) : -1;
   const dim3 grid(p.num_kv_heads, p.num_seqs * num_splits);
   const bool early = pdl_trigger_early(static_cast<int64_t>(grid.x) * grid.y);
-  launch_pdl(kernel, grid, dim3(kWarps * 32), C::kSmemBytes, stream, p, num_splits, block_shift, early);
+  launch_pdl(kernel, grid, dim3(kW * 32), C::kSmemBytes, stream, p, num_splits, block_shift, early);
 }
 
 // Ring depth per head dim: 3 tiles (2 in flight per warp) while two blocks still fit an SM, 2 at 256. A grid
@@ -381,6 +394,16 @@ template <int D>
 constexpr int kDeepStages = D >= 256 ? 2 : 5;
 
 // TROUPE_DECODE_STAGES=2|3|5 forces a ring depth where the head dim allows it (benchmarks); 0 = choose.
+// TROUPE_DECODE_WARPS=2|4 forces the warps a block (benchmarks); 0 = choose.
+int forced_warps() {
+  static const int v = [] {
+    const char* e = std::getenv("TROUPE_DECODE_WARPS");
+    const int n = e != nullptr ? std::atoi(e) : 0;
+    return n == 2 || n == 4 ? n : 0;
+  }();
+  return v;
+}
+
 int forced_stages() {
   static const int v = [] {
     const char* e = std::getenv("TROUPE_DECODE_STAGES");
@@ -399,8 +422,29 @@ void launch_stages(const attention_params& p, int num_splits, int sms, cudaStrea
   const int keys_per_block = (p.max_context_len + num_splits - 1) / num_splits;
   int stages = blocks < sms ? kDeepStages<D> : (keys_per_block <= 1024 ? 2 : kWarpStages<D>);
   if (forced_stages() != 0 && (D < 256 || forced_stages() == 2)) stages = forced_stages();
+  // Two warps a block where that fits the grid in one wave and four warps would not (batch 64 at 512-4096
+  // keys: 512 blocks; H200 B64 ctx4096 3.65 vs 3.55 TB/s, engine batch 64 9.74k vs 9.16k tokens/s): no
+  // second wave, and each block streams twice the keys for the same fixed cost. Grids of many waves (batch
+  // 256) measured slower with two (2.97 vs 3.21 TB/s), and small grids need every warp they can get.
+  int warps = kWarps;
+  if (stages == 3) {
+    constexpr int S3 = kWarpStages<D> == 3 ? 3 : 2;
+    if (blocks > int64_t{sms} * blocks_per_sm<D, S3, 4>() &&
+        blocks <= int64_t{sms} * blocks_per_sm<D, S3, 2>())
+      warps = 2;
+  } else if (stages == 2) {
+    if (blocks > int64_t{sms} * blocks_per_sm<D, 2, 4>() && blocks <= int64_t{sms} * blocks_per_sm<D, 2, 2>())
+      warps = 2;
+  }
+  if (forced_warps() != 0 && stages != 5) warps = forced_warps();
   if (stages == 5) {
     launch<D, kDeepStages<D> == 5 ? 5 : 2>(p, num_splits, stream);
+  } else if (warps == 2) {
+    if (stages == 3) {
+      launch<D, kWarpStages<D> == 3 ? 3 : 2, 2>(p, num_splits, stream);
+    } else {
+      launch<D, 2, 2>(p, num_splits, stream);
+    }
   } else if (stages == 3) {
     launch<D, kWarpStages<D> == 3 ? 3 : 2>(p, num_splits, stream);
   } else {
@@ -413,16 +457,7 @@ void launch_stages(const attention_params& p, int num_splits, int sms, cudaStrea
 namespace detail {
 
 int flash_decode_warp_resident_blocks(int sms) {
-  using C = warp_decode_cfg<128, kWarpStages<128>>;
-  static const int per_sm = [] {
-    int n = 0;
-    auto kernel = flash_decode_warp_kernel<128, kWarpStages<128>>;
-    TROUPE_CUDA_CHECK(
-        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, C::kSmemBytes));
-    TROUPE_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernel, kWarps * 32, C::kSmemBytes));
-    return std::max(1, n);
-  }();
-  return per_sm * sms;
+  return blocks_per_sm<128, kWarpStages<128>, kWarps>() * sms;
 }
 
 int flash_decode_warp_tile_keys() { return kKeys * kWarps; }

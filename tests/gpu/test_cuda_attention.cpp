@@ -292,6 +292,11 @@ TEST_P(Decode, FlashAndPagedMatchReference) {
   run_case({{2, 3, 1}, {700, 90, 5}, 8, 2, d, 16, 0}, attn_impl::flash_decode, seed++);
   run_case({{2, 3, 1}, {700, 90, 5}, 8, 2, d, 16, 0}, attn_impl::flash_decode_block, seed++);
   run_case({{5, 1}, {300, 40}, 8, 2, d, 16, 0}, attn_impl::flash_decode, seed++);
+  // Batch 64 at 400-900 keys, 32 q / 8 kv heads: 512 blocks, more than one wave of four-warp blocks and
+  // one wave of two-warp blocks on a 132-SM Hopper, where the launcher takes two warps a block.
+  std::vector<int> ctx64(64);
+  for (int i = 0; i < 64; ++i) ctx64[i] = 400 + (i * 37) % 500;
+  run_case({std::vector<int>(64, 1), ctx64, 32, 8, d, 16, 0}, attn_impl::flash_decode, seed++);
 }
 INSTANTIATE_TEST_SUITE_P(HeadDims, Decode, ::testing::Values(32, 64, 128, 256));
 
