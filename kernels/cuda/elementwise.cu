@@ -3,6 +3,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
 
 #include "kernels/cuda/check.h"
 #include "kernels/cuda/ops.h"
@@ -84,7 +86,11 @@ __device__ __forceinline__ void store8(f32x8* p, int64_t i, float (&f)[8]) {
   p[i] = f32x8{make_float4(f[0], f[1], f[2], f[3]), make_float4(f[4], f[5], f[6], f[7])};
 }
 
-template <typename R>
+// kCache > 0: each thread keeps its (at most kCache) vectors of the row in registers between the sum of
+// squares and the scaling, and requests its norm weights before the block's reduction, instead of reading
+// the residual back (a round trip to L2 after the store) in a second pass; the same arithmetic, so the same
+// bits. kCache == 0: rows longer than kCache * blockDim vectors.
+template <typename R, int kCache>
 __global__ void add_rms_norm_kernel(R* residual, const bf16x8* x, const bf16x8* w, bf16x8* y,
                                     int64_t vecs_per_row, int64_t dim, float eps, bool early_trigger) {
   if (early_trigger) pdl_trigger();  // pdl_trigger_early
@@ -92,27 +98,56 @@ __global__ void add_rms_norm_kernel(R* residual, const bf16x8* x, const bf16x8* 
   const int64_t r = blockIdx.x;
   R* res = residual + r * vecs_per_row;
   float ss = 0.0f;
-  for (int64_t i = threadIdx.x; i < vecs_per_row; i += blockDim.x) {
-    float a[8];
-    load8(res, i, a);
-    if (x != nullptr) {
-      float b[8];
-      to_float8(x[r * vecs_per_row + i], b);
+  if constexpr (kCache > 0) {
+    float a[kCache][8], g[kCache][8];
 #pragma unroll
-      for (int j = 0; j < 8; ++j) a[j] += b[j];
-      store8(res, i, a);  // the norm sees the stored residual, as the next layer will
+    for (int c = 0; c < kCache; ++c) {
+      const int64_t i = threadIdx.x + static_cast<int64_t>(c) * blockDim.x;
+      if (i >= vecs_per_row) break;
+      load8(res, i, a[c]);
+      if (x != nullptr) {
+        float b[8];
+        to_float8(x[r * vecs_per_row + i], b);
+#pragma unroll
+        for (int j = 0; j < 8; ++j) a[c][j] += b[j];
+        store8(res, i, a[c]);  // the norm sees the stored residual, as the next layer will
+      }
+#pragma unroll
+      for (int j = 0; j < 8; ++j) ss += a[c][j] * a[c][j];
+      to_float8(w[i], g[c]);
     }
+    const float inv = rsqrtf(block_sum(ss) / static_cast<float>(dim) + eps);
 #pragma unroll
-    for (int j = 0; j < 8; ++j) ss += a[j] * a[j];
-  }
-  const float inv = rsqrtf(block_sum(ss) / static_cast<float>(dim) + eps);
-  for (int64_t i = threadIdx.x; i < vecs_per_row; i += blockDim.x) {
-    float a[8], g[8];
-    load8(res, i, a);
-    to_float8(w[i], g);
+    for (int c = 0; c < kCache; ++c) {
+      const int64_t i = threadIdx.x + static_cast<int64_t>(c) * blockDim.x;
+      if (i >= vecs_per_row) break;
 #pragma unroll
-    for (int j = 0; j < 8; ++j) a[j] = g[j] * (a[j] * inv);
-    y[r * vecs_per_row + i] = from_float8(a);
+      for (int j = 0; j < 8; ++j) a[c][j] = g[c][j] * (a[c][j] * inv);
+      y[r * vecs_per_row + i] = from_float8(a[c]);
+    }
+  } else {
+    for (int64_t i = threadIdx.x; i < vecs_per_row; i += blockDim.x) {
+      float a[8];
+      load8(res, i, a);
+      if (x != nullptr) {
+        float b[8];
+        to_float8(x[r * vecs_per_row + i], b);
+#pragma unroll
+        for (int j = 0; j < 8; ++j) a[j] += b[j];
+        store8(res, i, a);  // the norm sees the stored residual, as the next layer will
+      }
+#pragma unroll
+      for (int j = 0; j < 8; ++j) ss += a[j] * a[j];
+    }
+    const float inv = rsqrtf(block_sum(ss) / static_cast<float>(dim) + eps);
+    for (int64_t i = threadIdx.x; i < vecs_per_row; i += blockDim.x) {
+      float a[8], g[8];
+      load8(res, i, a);
+      to_float8(w[i], g);
+#pragma unroll
+      for (int j = 0; j < 8; ++j) a[j] = g[j] * (a[j] * inv);
+      y[r * vecs_per_row + i] = from_float8(a);
+    }
   }
 }
 
@@ -229,6 +264,17 @@ __global__ void fill_random_normal_kernel(bf16* x, int64_t n, uint64_t seed, flo
 
 int threads_for(int64_t vecs) { return vecs >= 256 ? 256 : (vecs >= 128 ? 128 : (vecs >= 64 ? 64 : 32)); }
 
+// The add + RMSNorm kernel for rows of vecs 16-byte vectors: registers hold the row when it fits 4 vectors a
+// thread (hidden sizes up to 8192). TROUPE_NORM_CACHE=0: always the two-pass kernel (benchmarks).
+template <typename R>
+auto norm_kernel(int64_t vecs) {
+  static const bool cache_on = [] {
+    const char* e = std::getenv("TROUPE_NORM_CACHE");
+    return e == nullptr || std::strcmp(e, "0") != 0;
+  }();
+  return cache_on && vecs <= 4 * threads_for(vecs) ? add_rms_norm_kernel<R, 4> : add_rms_norm_kernel<R, 0>;
+}
+
 }  // namespace
 
 void embedding(const int32_t* ids, const bf16* table, bf16* out, int64_t rows, int64_t dim,
@@ -254,7 +300,7 @@ void add_rms_norm(bf16* residual, const bf16* x, const bf16* w, bf16* y, int64_t
                   cudaStream_t stream) {
   TROUPE_KERNEL_REQUIRE(dim % 8 == 0, "add_rms_norm: dim " << dim << " is not a multiple of 8");
   if (rows == 0) return;
-  launch_pdl(add_rms_norm_kernel<bf16x8>, dim3(static_cast<unsigned>(rows)), dim3(threads_for(dim / 8)), 0,
+  launch_pdl(norm_kernel<bf16x8>(dim / 8), dim3(static_cast<unsigned>(rows)), dim3(threads_for(dim / 8)), 0,
              stream, reinterpret_cast<bf16x8*>(residual), reinterpret_cast<const bf16x8*>(x),
              reinterpret_cast<const bf16x8*>(w), reinterpret_cast<bf16x8*>(y), dim / 8, dim, eps,
              pdl_trigger_early(rows));
@@ -264,7 +310,7 @@ void add_rms_norm(float* residual, const bf16* x, const bf16* w, bf16* y, int64_
                   float eps, cudaStream_t stream) {
   TROUPE_KERNEL_REQUIRE(dim % 8 == 0, "add_rms_norm: dim " << dim << " is not a multiple of 8");
   if (rows == 0) return;
-  launch_pdl(add_rms_norm_kernel<f32x8>, dim3(static_cast<unsigned>(rows)), dim3(threads_for(dim / 8)), 0,
+  launch_pdl(norm_kernel<f32x8>(dim / 8), dim3(static_cast<unsigned>(rows)), dim3(threads_for(dim / 8)), 0,
              stream, reinterpret_cast<f32x8*>(residual), reinterpret_cast<const bf16x8*>(x),
              reinterpret_cast<const bf16x8*>(w), reinterpret_cast<bf16x8*>(y), dim / 8, dim, eps,
              pdl_trigger_early(rows));
