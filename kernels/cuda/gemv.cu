@@ -7,6 +7,8 @@
 #include <cuda_bf16.h>
 
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
 
 #include "kernels/cuda/check.h"
 #include "kernels/cuda/ops.h"
@@ -49,7 +51,7 @@ __device__ __forceinline__ void store(float* y, float v) { *y = v; }
 // up rows j and n + j read by the same warp (so the MLP's activation costs no launch and no pass over a
 // [m, 2n] intermediate). Gate and up are rounded to bf16 before the SiLU, as the unfused path (GEMM to
 // bf16, then silu_mul) does.
-template <int M, int kR, bool kGated, typename OutT>
+template <int M, int kR, bool kGated, typename OutT, bool kPipe>
 __global__ void __launch_bounds__(kGemvWarps * 32)
     gemv_kernel(const bf16* __restrict__ x,  // [M, k]
                 const bf16* __restrict__ w,  // [n, k], or [2n, k] when kGated
@@ -72,51 +74,76 @@ __global__ void __launch_bounds__(kGemvWarps * 32)
   // a grid smaller than the GPU (a norm, decode attention at batch 1), fill HBM time that would idle.
   // (Requesting them into L2 instead, and more of each row, measured slower: perf-notes v9.)
   int c = lane;
-  uint4 wv[kU][kRows];
-  const bool first_full = c + 32 * (kU - 1) < chunks;
-  if (first_full) {
-#pragma unroll
-    for (int u = 0; u < kU; ++u)
-#pragma unroll
-      for (int r = 0; r < kRows; ++r) wv[u][r] = load_stream(wr[r] + c + 32 * u);
-  }
-  if (early_trigger) pdl_trigger();
-  pdl_wait();
   const uint4* xr = reinterpret_cast<const uint4*>(x);
   float acc[kRows][M];
 #pragma unroll
   for (int r = 0; r < kRows; ++r)
 #pragma unroll
     for (int m = 0; m < M; ++m) acc[r][m] = 0.0f;
-  auto dot_batch = [&](int c0) {
+  // kB chunks a lane per batch: a batch of weights is loaded into registers, then dotted with x.
+  constexpr int kB = kPipe ? kU / 2 : kU;
+  auto full = [&](int c0) { return c0 + 32 * (kB - 1) < chunks; };
+  auto load_batch = [&](uint4(&wb)[kB][kRows], int c0) {
 #pragma unroll
-    for (int u = 0; u < kU; ++u)
+    for (int u = 0; u < kB; ++u)
+#pragma unroll
+      for (int r = 0; r < kRows; ++r) wb[u][r] = load_stream(wr[r] + c0 + 32 * u);
+  };
+  auto dot_batch = [&](const uint4(&wb)[kB][kRows], int c0) {
+#pragma unroll
+    for (int u = 0; u < kB; ++u)
 #pragma unroll
       for (int m = 0; m < M; ++m) {
         const uint4 xv = __ldg(xr + m * chunks + c0 + 32 * u);
 #pragma unroll
-        for (int r = 0; r < kRows; ++r) acc[r][m] = dot8(wv[u][r], xv, acc[r][m]);
+        for (int r = 0; r < kRows; ++r) acc[r][m] = dot8(wb[u][r], xv, acc[r][m]);
       }
   };
-  if (first_full) {
-    dot_batch(c);
-    c += 32 * kU;
+  uint4 wa[kB][kRows], wb[kB][kRows];
+  const bool first_full = full(c);
+  if constexpr (kPipe) {
+    // Two half-size batches: while one is dotted the next is loading, so a lane always has chunks in flight
+    // (one batch of kU otherwise goes idle while it is dotted). Both first batches go out before the wait.
+    // The same chunks in the same order: the same bits.
+    const bool second_full = first_full && full(c + 32 * kB);
+    if (first_full) load_batch(wa, c);
+    if (second_full) load_batch(wb, c + 32 * kB);
+    if (early_trigger) pdl_trigger();
+    pdl_wait();
+    if (first_full) {
+      for (;;) {  // wa holds batch c; wb holds batch c + 32 kB if that batch is full
+        dot_batch(wa, c);
+        c += 32 * kB;
+        if (!full(c)) break;
+        if (full(c + 32 * kB)) load_batch(wa, c + 32 * kB);
+        dot_batch(wb, c);
+        c += 32 * kB;
+        if (!full(c)) break;
+        if (full(c + 32 * kB)) load_batch(wb, c + 32 * kB);
+      }
+    }
+  } else {
+    if (first_full) load_batch(wa, c);
+    if (early_trigger) pdl_trigger();
+    pdl_wait();
+    if (first_full) {
+      dot_batch(wa, c);
+      c += 32 * kB;
+    }
+    for (; full(c); c += 32 * kB) {
+      load_batch(wa, c);
+      dot_batch(wa, c);
+    }
   }
-  for (; c + 32 * (kU - 1) < chunks; c += 32 * kU) {
-#pragma unroll
-    for (int u = 0; u < kU; ++u)
-#pragma unroll
-      for (int r = 0; r < kRows; ++r) wv[u][r] = load_stream(wr[r] + c + 32 * u);
-    dot_batch(c);
-  }
+  (void)wb;
   for (; c < chunks; c += 32) {
 #pragma unroll
-    for (int r = 0; r < kRows; ++r) wv[0][r] = load_stream(wr[r] + c);
+    for (int r = 0; r < kRows; ++r) wa[0][r] = load_stream(wr[r] + c);
 #pragma unroll
     for (int m = 0; m < M; ++m) {
       const uint4 xv = __ldg(xr + m * chunks + c);
 #pragma unroll
-      for (int r = 0; r < kRows; ++r) acc[r][m] = dot8(wv[0][r], xv, acc[r][m]);
+      for (int r = 0; r < kRows; ++r) acc[r][m] = dot8(wa[0][r], xv, acc[r][m]);
     }
   }
   if (!early_trigger) pdl_trigger();
@@ -147,8 +174,16 @@ template <int M, bool kGated, typename OutT>
 void launch_gemv_m(const bf16* x, const bf16* w, OutT* y, int64_t n, int64_t k, cudaStream_t stream) {
   constexpr int kR = M == 1 ? 1 : (kGated ? 2 : 4);
   const dim3 grid(static_cast<unsigned>((n + kGemvWarps * kR - 1) / (kGemvWarps * kR)));
-  launch_pdl(gemv_kernel<M, kR, kGated, OutT>, grid, dim3(kGemvWarps * 32), 0, stream, x, w, y,
-             static_cast<int>(n), static_cast<int>(k), pdl_early_triggers());
+  constexpr int kRows = kGated ? 2 * kR : kR;
+  constexpr bool kCanPipe = kRows <= 2;  // two chunks or more a lane in flight (see kU)
+  static const bool pipe_on = [] {       // TROUPE_GEMV_PIPE=0: one batch at a time (benchmarks)
+    const char* e = std::getenv("TROUPE_GEMV_PIPE");
+    return e == nullptr || std::strcmp(e, "0") != 0;
+  }();
+  auto kernel = kCanPipe && pipe_on ? gemv_kernel<M, kR, kGated, OutT, kCanPipe>
+                                    : gemv_kernel<M, kR, kGated, OutT, false>;
+  launch_pdl(kernel, grid, dim3(kGemvWarps * 32), 0, stream, x, w, y, static_cast<int>(n),
+             static_cast<int>(k), pdl_early_triggers());
 }
 
 // n: outputs per row of y (the gated kernel reads 2n rows of w).
