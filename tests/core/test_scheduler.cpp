@@ -467,11 +467,12 @@ TEST(Scheduler, FinishSequence) {
   EXPECT_TRUE(h.sched.idle_and_clean());
 }
 
-// BUG (reported): end_sequence forgets a request only when `forked == (n > 1)`, so ending the only
-// sequence of an n > 1 request before its prompt completed (no fork yet) leaves the request behind.
+// Regression (a bug this test pinned, since fixed): end_sequence forgot a request only when
+// `forked == (n > 1)`, so ending the only sequence of an n > 1 request before its prompt completed (no fork
+// yet) left the request behind.
 // Input: n = 2, 20-token prompt, budget 7; one step (7 prompt tokens), then finish_sequence(1).
-// Expected: stats().num_requests == 0. Actual: 1 (the request and its sequence stay in the maps until an
-// abort(rid), which then erases the request but not its sequence).
+// Expected: stats().num_requests == 0 (it was 1: the request and its sequence stayed in the maps until an
+// abort(rid), which then erased the request but not its sequence).
 TEST(Scheduler, FinishSequenceBeforeForkForgetsTheRequest) {
   harness h(config(7), 64, 4, false);
   ASSERT_TRUE(h.sched.add(request(1, iota_tokens(20), params(4, 2))));
@@ -592,13 +593,9 @@ TEST(Scheduler, PrefixCacheServesASecondRequest) {
   EXPECT_TRUE(h.sched.idle_and_clean());
 }
 
-// Random workload: arrivals over time, random n, priorities, lengths, shared prefixes (prefix hits),
-// aborts at random points, a pool small enough to preempt.
-struct stress_options {
-  bool aborts = true;
-  int32_t num_requests = 300;
-};
-
+// Random workloads (scheduler_harness.h: make_workload, random_config): arrivals over time, random n,
+// priorities, lengths, shared prefixes (prefix hits), aborts at random points, a pool small enough to
+// preempt.
 TEST(Scheduler, RandomAbortStormLeavesNoLeakedBlocks) {
   uint64_t preemptions = 0, prefix_hits = 0;
   for (int round = 0; round < 8; ++round) {
