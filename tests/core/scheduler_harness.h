@@ -481,6 +481,26 @@ inline scheduler_config random_config(std::mt19937_64& rng) {
   return c;
 }
 
+// One round of a random abort storm: a fresh seed (tests print it on failure), the generator it seeds, a
+// 300-request workload, a random config and a pool of 20..60 blocks (64-token contexts need at most 16
+// blocks of 4 each, so it preempts often); the generator goes on to drive run_workload's aborts.
+struct storm_round {
+  uint64_t seed;
+  std::mt19937_64 rng;
+  std::vector<workload_item> workload;
+  scheduler_config config;
+  int32_t num_blocks;
+};
+inline storm_round make_storm_round(int round) {
+  storm_round s{};
+  s.seed = std::random_device{}() * 0x100000001ull + static_cast<uint64_t>(round);
+  s.rng.seed(s.seed);
+  s.workload = make_workload(s.rng, 300);
+  s.config = random_config(s.rng);
+  s.num_blocks = 20 + static_cast<int32_t>(s.rng() % 41);
+  return s;
+}
+
 // A runner that steps asynchronously over any other runner, the way a device does: forward_sample_submit
 // copies the step (its views are valid during the call only) and returns; the step runs (the inner
 // runner's forward, then sampler::sample for every row) only when forward_sample_collect asks for it, so

@@ -599,15 +599,11 @@ TEST(Scheduler, PrefixCacheServesASecondRequest) {
 TEST(Scheduler, RandomAbortStormLeavesNoLeakedBlocks) {
   uint64_t preemptions = 0, prefix_hits = 0;
   for (int round = 0; round < 8; ++round) {
-    const uint64_t seed = std::random_device{}() * 0x100000001ull + static_cast<uint64_t>(round);
+    storm_round r = make_storm_round(round);
+    const uint64_t seed = r.seed;
     SCOPED_TRACE("seed " + std::to_string(seed));
-    std::mt19937_64 rng(seed);
-    const auto w = make_workload(rng, 300);
-    const scheduler_config c = random_config(rng);
-    // 64-token contexts need at most 16 blocks of 4 each: 20..60 blocks preempts often.
-    const int32_t num_blocks = 20 + static_cast<int32_t>(rng() % 41);
     scheduler_stats st;
-    run_workload(w, c, num_blocks, round % 2 == 0, &rng, &st);
+    run_workload(r.workload, r.config, r.num_blocks, round % 2 == 0, &r.rng, &st);
     preemptions += st.preemptions;
     prefix_hits += st.prefix_hits;
     if (HasFailure()) {

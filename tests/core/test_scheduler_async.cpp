@@ -294,15 +294,12 @@ TEST(SchedulerAsync, RandomAbortStormLeavesNoLeakedBlocks) {
   uint64_t preemptions = 0;
   int64_t ahead_total = 0;
   for (int round = 0; round < 6; ++round) {
-    const uint64_t seed = std::random_device{}() * 0x100000001ull + static_cast<uint64_t>(round);
+    storm_round r = make_storm_round(round);
+    const uint64_t seed = r.seed;
     SCOPED_TRACE("seed " + std::to_string(seed));
-    std::mt19937_64 rng(seed);
-    const auto w = make_workload(rng, 300);
-    const scheduler_config c = random_config(rng);
-    const int32_t num_blocks = 20 + static_cast<int32_t>(rng() % 41);
     scheduler_stats st;
     int64_t ahead = 0;
-    run_workload(w, c, num_blocks, round % 2 == 0, &rng, &st, true, &ahead);
+    run_workload(r.workload, r.config, r.num_blocks, round % 2 == 0, &r.rng, &st, true, &ahead);
     preemptions += st.preemptions;
     ahead_total += ahead;
     if (HasFailure()) {
