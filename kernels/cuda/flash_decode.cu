@@ -43,7 +43,7 @@ struct warp_decode_cfg {
   static_assert(kW * 16 * (D + 2) * 4 <= kSmemBytes, "merge scratch must fit");
 };
 
-// kW warps a block (4, or 2 for grids of many waves: twice the keys a block for the same fixed cost).
+// kW warps a block: 4, or 2 where that fits the grid in one wave and 4 would not (launch_stages).
 template <int D, int kStages, int kW>
 __global__ void __launch_bounds__(kW * 32)
     flash_decode_warp_kernel(attention_params p, int num_splits, int block_shift, bool early_trigger) {
