@@ -240,6 +240,8 @@ int run(const std::vector<std::string>& args) {
               [&, kernel = kernel] { kc::flash_attention_decode(s.p, nullptr, splits, kernel); });
         }
       }
+      add("flash_decode" + shape + "_persistent",
+          [&] { kc::flash_attention_decode(s.p, nullptr, 0, flash_decode_kernel::persistent); });
       add("flash_decode" + shape + "_block_tiles_stages3",
           [&] { kc::flash_attention_decode(s.p, nullptr, 0, flash_decode_kernel::block_tiles, 3); });
     }

@@ -21,14 +21,14 @@ namespace troupe::kernels::cuda {
 // kernel rotates q and the new key, writes the new K/V into the cache through slot_mapping and attends,
 // exactly as rope_write_kv followed by the attention. Disabled while positions is null.
 struct attention_rope {
-  const int32_t* positions = nullptr;     // [num_tokens]
-  const float* inv_freq = nullptr;        // [num_tokens or 1, head_dim / 2]
-  int64_t inv_freq_stride = 0;            // 0: one table for every token
-  const int32_t* slot_mapping = nullptr;  // [num_tokens]: where the new K/V go
+  const int32_t* positions = nullptr;       // [num_tokens]
+  const float* inv_freq = nullptr;          // [num_tokens or 1, head_dim / 2]
+  int64_t inv_freq_stride = 0;              // 0: one table for every token
+  const int32_t* slot_mapping = nullptr;    // [num_tokens]: where the new K/V go
   const __nv_bfloat16* q_norm_w = nullptr;  // [head_dim] or null (Qwen3's per-head norms)
   const __nv_bfloat16* k_norm_w = nullptr;  // [head_dim] or null
   float norm_eps = 1e-6f;
-  __nv_bfloat16* qkv = nullptr;      // the same rows as q, writable: the unfused fallback rotates them in place
+  __nv_bfloat16* qkv = nullptr;  // the same rows as q, writable: the unfused fallback rotates them in place
   __nv_bfloat16* k_cache = nullptr;  // the params' caches, writable (the new K/V are written here)
   __nv_bfloat16* v_cache = nullptr;
 };
@@ -82,10 +82,14 @@ void flash_attention_prefill(const attention_params& p, cudaStream_t stream, int
 // Whether the wgmma_sm90 prefill kernel runs on the current device (compute capability 9.0, sm_90a build).
 bool flash_prefill_wgmma_available();
 // Short query runs (decode; any q_len works): keys split over blocks to fill the GPU, num_splits 0 =
-// choose from the shapes. Two kernels: warp_tiles (the default where max_q_len * group <= 16 packed rows:
-// each warp streams its own 16-key tiles through a private cp.async ring) and block_tiles (16-row tiles,
-// four warps share 64-key tiles; `stages` 2 or 3 sets its ring, 0 = 2; any q_len).
-enum class flash_decode_kernel { automatic, warp_tiles, block_tiles };
+// choose from the shapes. Three kernels: warp_tiles (the default where max_q_len * group <= 16 packed
+// rows: each warp streams its own 16-key tiles through a private cp.async ring), persistent (the default
+// over warp_tiles for grids of more than two (sequence, kv head) pairs an SM at head dims 64 and 128 with
+// block sizes a multiple of 16: a GPU-sized grid of warps, each streaming an equal share of all pairs' key
+// tiles, pairs cut between warps merged by the last piece to finish; num_splits does not apply; forcing it
+// where it does not apply throws) and block_tiles (16-row tiles, four warps share 64-key tiles; `stages` 2
+// or 3 sets its ring, 0 = 2; any q_len).
+enum class flash_decode_kernel { automatic, warp_tiles, block_tiles, persistent };
 void flash_attention_decode(const attention_params& p, cudaStream_t stream, int num_splits = 0,
                             flash_decode_kernel kernel = flash_decode_kernel::automatic, int stages = 0);
 // Picks one of the two by max_q_len.

@@ -114,6 +114,14 @@ inline int64_t split_floats(int64_t rows, int64_t head_dim, int num_splits) {
 int flash_decode_warp_resident_blocks(int sms);
 void flash_decode_warp(const attention_params& p, int num_splits, int sms, cudaStream_t stream);
 
+// The persistent, balanced decode kernel (flash_decode_persistent.cu): head dims 64 and 128, block sizes
+// that are multiples of 16, up to 16 packed query rows. Launches it and returns true where it applies: by
+// default for grids of more than two (sequence, kv head) pairs an SM, always with force (or
+// TROUPE_DECODE_PERSISTENT=1), never with TROUPE_DECODE_PERSISTENT=0 unless forced. Its workspace need:
+// flash_decode_persistent_workspace_floats.
+bool flash_decode_persistent(const attention_params& p, bool force, int sms, cudaStream_t stream);
+size_t flash_decode_persistent_workspace_floats(int head_dim, int sms);
+
 // out[row] = sum_s 2^(lse_s - max) * part_o[s, row] / sum_s 2^(lse_s - max)
 void merge_splits(split_views parts, __nv_bfloat16* out, int64_t rows, int head_dim, int num_splits,
                   cudaStream_t stream);

@@ -459,7 +459,9 @@ size_t attention_workspace_floats(int32_t num_tokens, int32_t num_heads, int32_t
                                   int32_t max_context_len) {
   const int paged_parts = (max_context_len + kPagedPartition - 1) / kPagedPartition;
   const int splits = std::max(paged_parts, std::min(kFlashMaxSplits, (max_context_len + 63) / 64));
-  return static_cast<size_t>(split_floats(static_cast<int64_t>(num_tokens) * num_heads, head_dim, splits));
+  return std::max(
+      static_cast<size_t>(split_floats(static_cast<int64_t>(num_tokens) * num_heads, head_dim, splits)),
+      detail::flash_decode_persistent_workspace_floats(head_dim, sm_count()));
 }
 
 bool flash_prefill_wgmma_available() { return flash_prefill_sm90_available(); }
@@ -623,7 +625,16 @@ void flash_attention_decode(const attention_params& p_in, cudaStream_t stream, i
   TROUPE_KERNEL_REQUIRE(
       kernel != flash_decode_kernel::warp_tiles || fits_warp_tiles,
       "flash decode (warp tiles): max_q_len " << p.max_q_len << " x group " << group << " > 16 rows");
-  if (kernel != flash_decode_kernel::block_tiles && fits_warp_tiles) {
+  if (kernel == flash_decode_kernel::persistent) {
+    TROUPE_KERNEL_REQUIRE(
+        detail::flash_decode_persistent(p, true, sm_count(), stream),
+        "flash decode (persistent): needs head_dim 64 or 128, a block size that is a multiple "
+        "of 16, <= 16 packed rows and its workspace (head_dim "
+            << p.head_dim << ", block_size " << p.block_size << ")");
+  } else if (kernel != flash_decode_kernel::block_tiles && fits_warp_tiles) {
+    if (kernel == flash_decode_kernel::automatic &&
+        detail::flash_decode_persistent(p, false, sm_count(), stream))
+      return;
     decode_warp_tiles(p, num_splits, stream);
   } else if (stages == 3) {
     decode_block_tiles<3>(p, num_splits, stream);

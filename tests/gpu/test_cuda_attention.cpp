@@ -36,6 +36,7 @@ enum class attn_impl {
   flash_decode_block,   // block tiles, 2 stages
   flash_decode_block_stages3_split5,
   flash_decode_block_split1,
+  flash_decode_persistent,  // forced, also where the launcher would not take it
   paged_decode
 };
 
@@ -61,6 +62,8 @@ const char* name_of(attn_impl i) {
       return "flash_decode(block tiles, 3 stages, 5 splits)";
     case attn_impl::flash_decode_block_split1:
       return "flash_decode(block tiles, 1 split)";
+    case attn_impl::flash_decode_persistent:
+      return "flash_decode(persistent)";
     case attn_impl::paged_decode:
       return "paged_decode";
   }
@@ -164,6 +167,9 @@ std::vector<float> run_case(const attn_case& c, attn_impl impl, uint32_t seed, b
       break;
     case attn_impl::flash_decode_block_split1:
       kc::flash_attention_decode(p, nullptr, 1, flash_decode_kernel::block_tiles);
+      break;
+    case attn_impl::flash_decode_persistent:
+      kc::flash_attention_decode(p, nullptr, 0, flash_decode_kernel::persistent);
       break;
     case attn_impl::paged_decode:
       kc::paged_attention_decode(p, nullptr);
@@ -297,6 +303,25 @@ TEST_P(Decode, FlashAndPagedMatchReference) {
   std::vector<int> ctx64(64);
   for (int i = 0; i < 64; ++i) ctx64[i] = 400 + (i * 37) % 500;
   run_case({std::vector<int>(64, 1), ctx64, 32, 8, d, 16, 0}, attn_impl::flash_decode, seed++);
+  if (d != 64 && d != 128) return;
+  // The persistent kernel, forced where the launcher would not take it: few pairs for a GPU-sized grid, so
+  // most warps hold a tile or two and nearly every pair is cut into pieces that the last one merges.
+  const attn_impl pers = attn_impl::flash_decode_persistent;
+  for (const auto& [h, kvh] : {std::pair<int, int>{8, 2}, {8, 8}, {8, 1}, {32, 8}})
+    run_case({ones, ctx, h, kvh, d, 16, 0}, pers, seed++);
+  run_case({ones, ctx, 8, 2, d, 16, 700}, pers, seed++);                      // sliding window
+  run_case({ones, ctx, 8, 2, d, 32, 0}, pers, seed++);                        // block size 32
+  run_case({{2, 3, 1}, {700, 90, 5}, 8, 2, d, 16, 0}, pers, seed++);          // runs of 3 x 4 rows
+  run_case({{1, 1}, {17000, 70}, 8, 2, d, 16, 0}, pers, seed++);              // one long pair, many pieces
+  run_case({std::vector<int>(64, 1), ctx64, 32, 8, d, 16, 0}, pers, seed++);  // several pairs a warp
+  // Batch 256 at 200-340 keys, 8 q / 2 kv heads (512 pairs), where the default launcher takes it; the
+  // pieces merge in a fixed order, so two runs agree to the bit.
+  std::vector<int> ctx256(256);
+  for (int i = 0; i < 256; ++i) ctx256[i] = 200 + (i * 53) % 141;
+  const attn_case big{std::vector<int>(256, 1), ctx256, 8, 2, d, 16, 0};
+  const std::vector<float> first = run_case(big, attn_impl::flash_decode, seed);
+  const std::vector<float> again = run_case(big, pers, seed++, false);
+  EXPECT_EQ(first, again) << "persistent decode: two runs on the same inputs differ";
 }
 INSTANTIATE_TEST_SUITE_P(HeadDims, Decode, ::testing::Values(32, 64, 128, 256));
 
@@ -315,6 +340,9 @@ TEST(Attention, RefusesUnsupportedShapes) {
   EXPECT_THROW(kc::paged_attention_decode(p, nullptr), std::runtime_error);
   p.head_dim = 64;  // the wgmma kernel is head_dim 128 only (and refused on other devices)
   EXPECT_THROW(kc::flash_attention_prefill(p, nullptr, 0, kc::flash_prefill_kernel::wgmma_sm90),
+               std::runtime_error);
+  p.head_dim = 256;  // the persistent decode kernel: head dims 64 and 128
+  EXPECT_THROW(kc::flash_attention_decode(p, nullptr, 0, kc::flash_decode_kernel::persistent),
                std::runtime_error);
   p.head_dim = 128;
   p.num_heads = 12;  // group of 6: no paged kernel for it

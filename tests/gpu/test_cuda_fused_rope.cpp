@@ -132,7 +132,8 @@ void run_case(const shape& sh, uint64_t seed) {
   const std::string what =
       "heads " + std::to_string(sh.heads) + "/" + std::to_string(sh.kv_heads) + " D " + std::to_string(D) +
       (sh.qk_norm ? " qk-norm" : "") + " splits " + std::to_string(sh.splits) +
-      (sh.kernel == kc::flash_decode_kernel::block_tiles ? " block tiles (unfused fallback)" : "");
+      (sh.kernel == kc::flash_decode_kernel::block_tiles ? " block tiles (unfused fallback)" : "") +
+      (sh.kernel == kc::flash_decode_kernel::persistent ? " persistent" : "");
   size_t bad = 0;
   for (size_t i = 0; i < out[0].size(); ++i) {
     const float a = gpu_test::to_float(out[0][i]), b = gpu_test::to_float(out[1][i]);
@@ -154,7 +155,10 @@ TEST(FusedRope, DecodeWithRopeEqualsRopeThenDecode) {
   for (const shape& sh :
        {shape{32, 8, 128, false, 0}, shape{32, 8, 128, true, 0}, shape{32, 8, 128, false, 3},
         shape{8, 8, 64, false, 0}, shape{16, 2, 64, true, 2}, shape{32, 4, 128, false, 1},
-        shape{32, 8, 128, true, 0, kc::flash_decode_kernel::block_tiles}}) {
+        shape{32, 8, 128, true, 0, kc::flash_decode_kernel::block_tiles},
+        shape{32, 8, 128, false, 0, kc::flash_decode_kernel::persistent},
+        shape{32, 8, 128, true, 0, kc::flash_decode_kernel::persistent},
+        shape{16, 2, 64, true, 0, kc::flash_decode_kernel::persistent}}) {
     run_case(sh, ++seed);
   }
 }
