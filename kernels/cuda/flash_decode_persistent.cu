@@ -260,8 +260,9 @@ __global__ void __launch_bounds__(32)
 
   for (int i = 0; i < n_tiles; ++i) {
     if (i == 0 || cp.t == cp.tf) {
-      // A new pair (or the first piece of one): its query fragments, and the new K/V where this warp owns
-      // the pair's last tile.
+      // A new pair (or the first piece of one): its query rows into sq, and the new K/V where this warp
+      // owns the pair's last tile. Every lane is past the last tile's reads of sq first.
+      __syncwarp();
       const int pair_tiles = cp.tl - cp.tf;
       first_piece = i == 0;
       whole = cp.pair_start >= g0 && cp.pair_start + pair_tiles <= g1;
