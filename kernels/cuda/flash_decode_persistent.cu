@@ -319,17 +319,20 @@ __global__ void __launch_bounds__(32)
         if (owns_last) {
           // The new key, rotated (and normed) as rope_write_kv stores it, and the new value: into the cache
           // (for later steps) and kept for the patch of the last tile.
+          // A negative slot (a padding token) writes nothing, as in rope_write_kv.
           rope_finish_head<D>(ka, kb, p.rope.k_norm_w, p.rope.norm_eps, sn, cs, lane, nk_a, nk_b);
-          const int64_t cache_off = (static_cast<int64_t>(p.rope.slot_mapping[tok]) * H + cp.h) * D;
+          const int32_t slot = p.rope.slot_mapping[tok];
+          const int64_t cache_off = (static_cast<int64_t>(slot) * H + cp.h) * D;
           const int i0 = lane < RL::kLanesUsed ? lane * RL::kPairs : 0;
-          if (lane < RL::kLanesUsed) {
+          if (slot >= 0 && lane < RL::kLanesUsed) {
 #pragma unroll
             for (int j = 0; j < RL::kPairs; ++j) {
               p.rope.k_cache[cache_off + i0 + j] = nk_a[j];
               p.rope.k_cache[cache_off + RL::kHalf + i0 + j] = nk_b[j];
             }
           }
-          if (lane < kChunks) *reinterpret_cast<uint4*>(p.rope.v_cache + cache_off + lane * 8) = nv;
+          if (slot >= 0 && lane < kChunks)
+            *reinterpret_cast<uint4*>(p.rope.v_cache + cache_off + lane * 8) = nv;
         }
       } else {
         for (int c = lane; c < rows_total * kChunks; c += 32) {
@@ -489,6 +492,7 @@ __global__ void __launch_bounds__(32)
         before = __shfl_sync(0xffffffffu, before, 0);
         if ((before + add) % kArrival == 0) {
           __threadfence();
+          __syncwarp();  // every lane past the fence before any reads another warp's piece
           // Merge the pieces in warp order, online (running max, rescaled sums): a pass covers four rows, 8
           // lanes a row and kC columns a lane.
           constexpr int kC = D / 8, kV = kC / 4;
@@ -632,6 +636,7 @@ bool flash_decode_persistent(const attention_params& p, bool force, int sms, cud
   const int group = p.num_heads / p.num_kv_heads;
   const int rows_cap = p.max_q_len * group;
   if (rows_cap > 16 || rows_cap <= 0) return false;
+  if (p.rope.positions != nullptr && p.max_q_len != 1) return false;  // the fused rope: one token a sequence
   if (static_cast<int64_t>(p.num_seqs) * p.num_kv_heads > kMaxPairs) return false;
   if (static_cast<int64_t>(p.num_seqs) * p.num_kv_heads * ((p.max_context_len + kKeys - 1) / kKeys) >=
       (int64_t{1} << 30))
