@@ -99,22 +99,30 @@ __global__ void add_rms_norm_kernel(R* residual, const bf16x8* x, const bf16x8* 
   R* res = residual + r * vecs_per_row;
   float ss = 0.0f;
   if constexpr (kCache > 0) {
-    float a[kCache][8], g[kCache][8];
+    // Every load of the row (residual, x, weights) is issued before the first store: a store to the
+    // residual may alias the later loads as far as the compiler knows, so interleaving them would cost a
+    // round trip per vector.
+    float a[kCache][8], b[kCache][8], g[kCache][8];
+#pragma unroll
+    for (int c = 0; c < kCache; ++c) {
+      const int64_t i = threadIdx.x + static_cast<int64_t>(c) * blockDim.x;
+      if (i < vecs_per_row) {
+        load8(res, i, a[c]);
+        if (x != nullptr) to_float8(x[r * vecs_per_row + i], b[c]);
+        to_float8(w[i], g[c]);
+      }
+    }
 #pragma unroll
     for (int c = 0; c < kCache; ++c) {
       const int64_t i = threadIdx.x + static_cast<int64_t>(c) * blockDim.x;
       if (i >= vecs_per_row) break;
-      load8(res, i, a[c]);
       if (x != nullptr) {
-        float b[8];
-        to_float8(x[r * vecs_per_row + i], b);
 #pragma unroll
-        for (int j = 0; j < 8; ++j) a[c][j] += b[j];
+        for (int j = 0; j < 8; ++j) a[c][j] += b[c][j];
         store8(res, i, a[c]);  // the norm sees the stored residual, as the next layer will
       }
 #pragma unroll
       for (int j = 0; j < 8; ++j) ss += a[c][j] * a[c][j];
-      to_float8(w[i], g[c]);
     }
     const float inv = rsqrtf(block_sum(ss) / static_cast<float>(dim) + eps);
 #pragma unroll
