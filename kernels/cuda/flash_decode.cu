@@ -21,6 +21,7 @@
 #include "kernels/cuda/attention.h"
 #include "kernels/cuda/attention_internal.cuh"
 #include "kernels/cuda/check.h"
+#include "kernels/cuda/decode_tile.cuh"
 #include "kernels/cuda/pdl.h"
 #include "kernels/cuda/rope.cuh"
 
@@ -32,8 +33,8 @@ using bf16 = __nv_bfloat16;
 namespace {
 
 constexpr int kWarps = 4;
-constexpr int kKeys = 16;          // keys per warp tile
-constexpr int kTableCache = 1024;  // block ids staged in shared memory (16384 keys at block size 16)
+constexpr int kKeys = kDecodeTileKeys;  // keys per warp tile (16)
+constexpr int kTableCache = 1024;       // block ids staged in shared memory (16384 keys at block size 16)
 
 template <int D, int kStages, int kW = kWarps>
 struct warp_decode_cfg {
@@ -199,14 +200,7 @@ __global__ void __launch_bounds__(kW * 32)
   const int g = lane / 4, tq = lane % 4;
   const uint32_t sq_u32 = static_cast<uint32_t>(__cvta_generic_to_shared(sq));
   const uint32_t ring_u32 = static_cast<uint32_t>(__cvta_generic_to_shared(ring));
-  uint32_t q_off[4], k_off[4], v_off[4];
-#pragma unroll
-  for (int c = 0; c < 4; ++c) {
-    const int x = lane & kSwizzleMask<D>;
-    q_off[c] = (lane % 16) * D * 2 + (((c * 2 + lane / 16) ^ x) << 4);
-    k_off[c] = ((lane / 16) * 8 + lane % 8) * D * 2 + (((c * 2 + (lane / 8) % 2) ^ x) << 4);
-    v_off[c] = (((lane / 8) % 2) * 8 + lane % 8) * D * 2 + (((c * 2 + lane / 16) ^ x) << 4);
-  }
+  const decode_tile_offsets off = decode_offsets<D>(lane);
   int row_pos[2];  // positions of this thread's rows g and g + 8; -1 = padding
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
@@ -233,74 +227,7 @@ __global__ void __launch_bounds__(kW * 32)
     const uint32_t k_stage = ring_u32 + stage * 2 * C::kTileElems * 2;
     const uint32_t v_stage = k_stage + C::kTileElems * 2;
 
-    float s[2][4];
-#pragma unroll
-    for (int nt = 0; nt < 2; ++nt)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) s[nt][e] = 0.0f;
-    static_for<D / 16>([&](auto ks_c) {
-      constexpr int ks = decltype(ks_c)::value;
-      constexpr int kChunkImm = (ks / 4) * 128;  // the swizzle only permutes chunks within groups of 8
-      uint32_t qa[4], kb[4];
-      ldmatrix_x4_at<kChunkImm>(qa, sq_u32 + q_off[ks % 4]);
-      ldmatrix_x4_at<kChunkImm>(kb, k_stage + k_off[ks % 4]);
-      mma_bf16(s[0], qa, kb[0], kb[1]);
-      mma_bf16(s[1], qa, kb[2], kb[3]);
-    });
-
-    // Masks only where the tile crosses the context end (or the diagonal of a multi-token run) or the
-    // window start.
-    const bool need_mask = (t + 1) * kKeys - 1 > min_pos || (window > 0 && t * kKeys <= ctx - 1 - window);
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      const int pos = row_pos[h];
-      float mx = -INFINITY;
-#pragma unroll
-      for (int nt = 0; nt < 2; ++nt)
-#pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          float& v = s[nt][2 * h + e];
-          if (need_mask) {
-            const int key = t * kKeys + nt * 8 + 2 * tq + e;
-            if (key > pos || (window > 0 && key <= pos - window)) v = -INFINITY;
-          }
-          mx = fmaxf(mx, v);
-        }
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-      const float m_new = fmaxf(m[h], mx * scale_log2);
-      const float m_use = m_new == -INFINITY ? 0.0f : m_new;  // a row with no key yet stays all-zero
-      const float corr = fast_exp2(m[h] - m_use);
-      m[h] = m_new;
-      float sum = 0.0f;
-#pragma unroll
-      for (int nt = 0; nt < 2; ++nt)
-#pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          float& v = s[nt][2 * h + e];
-          v = fast_exp2(v * scale_log2 - m_use);
-          sum += v;
-        }
-      l[h] = l[h] * corr + sum;
-#pragma unroll
-      for (int dn = 0; dn < D / 8; ++dn) {
-        o[dn][2 * h] *= corr;
-        o[dn][2 * h + 1] *= corr;
-      }
-    }
-
-    uint32_t pa[4];
-    pa[0] = pack_bf16(s[0][0], s[0][1]);
-    pa[1] = pack_bf16(s[0][2], s[0][3]);
-    pa[2] = pack_bf16(s[1][0], s[1][1]);
-    pa[3] = pack_bf16(s[1][2], s[1][3]);
-    static_for<D / 16>([&](auto dp_c) {
-      constexpr int dp = decltype(dp_c)::value;
-      uint32_t vb[4];
-      ldmatrix_x4_trans_at<(dp / 4) * 128>(vb, v_stage + v_off[dp % 4]);
-      mma_bf16(o[2 * dp], pa, vb[0], vb[1]);
-      mma_bf16(o[2 * dp + 1], pa, vb[2], vb[3]);
-    });
+    decode_tile<D>(sq_u32, k_stage, v_stage, off, t, min_pos, ctx, window, row_pos, scale_log2, tq, m, l, o);
   }
 
   pdl_trigger();

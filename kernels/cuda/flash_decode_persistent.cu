@@ -24,6 +24,7 @@
 #include "kernels/cuda/attention.h"
 #include "kernels/cuda/attention_internal.cuh"
 #include "kernels/cuda/check.h"
+#include "kernels/cuda/decode_tile.cuh"
 #include "kernels/cuda/pdl.h"
 #include "kernels/cuda/rope.cuh"
 
@@ -34,7 +35,7 @@ using bf16 = __nv_bfloat16;
 
 namespace {
 
-constexpr int kKeys = 16;                // keys per tile
+constexpr int kKeys = kDecodeTileKeys;   // keys per tile (16)
 constexpr int kMaxPairs = 1 << 16;       // (sequence, kv head) pairs the arrival counters cover
 constexpr unsigned kArrival = 1u << 20;  // one pair's arrivals add up to this (mod 2^32)
 
@@ -239,14 +240,7 @@ __global__ void __launch_bounds__(32)
   const int g = lane / 4, tq = lane % 4;
   const uint32_t ring_u32 = static_cast<uint32_t>(__cvta_generic_to_shared(ring));
   const uint32_t sq_u32 = static_cast<uint32_t>(__cvta_generic_to_shared(sq));
-  uint32_t q_off[4], k_off[4], v_off[4];
-#pragma unroll
-  for (int c = 0; c < 4; ++c) {
-    const int x = lane & kSwizzleMask<D>;
-    q_off[c] = (lane % 16) * D * 2 + (((c * 2 + lane / 16) ^ x) << 4);
-    k_off[c] = ((lane / 16) * 8 + lane % 8) * D * 2 + (((c * 2 + (lane / 8) % 2) ^ x) << 4);
-    v_off[c] = (((lane / 8) % 2) * 8 + lane % 8) * D * 2 + (((c * 2 + lane / 16) ^ x) << 4);
-  }
+  const decode_tile_offsets off = decode_offsets<D>(lane);
 
   using RL = rope_lanes<D>;
   float o[D / 8][4];
@@ -374,72 +368,8 @@ __global__ void __launch_bounds__(32)
     const uint32_t k_stage = ring_u32 + stage * 2 * C::kTileElems * 2;
     const uint32_t v_stage = k_stage + C::kTileElems * 2;
 
-    float s[2][4];
-#pragma unroll
-    for (int nt = 0; nt < 2; ++nt)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) s[nt][e] = 0.0f;
-    static_for<D / 16>([&](auto ks_c) {
-      constexpr int ks = decltype(ks_c)::value;
-      constexpr int kChunkImm = (ks / 4) * 128;  // the swizzle only permutes chunks within groups of 8
-      uint32_t qa[4], kb[4];
-      ldmatrix_x4_at<kChunkImm>(qa, sq_u32 + q_off[ks % 4]);
-      ldmatrix_x4_at<kChunkImm>(kb, k_stage + k_off[ks % 4]);
-      mma_bf16(s[0], qa, kb[0], kb[1]);
-      mma_bf16(s[1], qa, kb[2], kb[3]);
-    });
-
-    const int t = cp.t, window = p.sliding_window;
-    const bool need_mask = (t + 1) * kKeys - 1 > pos_base || (window > 0 && t * kKeys <= cp.ctx - 1 - window);
-#pragma unroll
-    for (int hh = 0; hh < 2; ++hh) {
-      const int pos = row_pos[hh];
-      float mx = -INFINITY;
-#pragma unroll
-      for (int nt = 0; nt < 2; ++nt)
-#pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          float& v = s[nt][2 * hh + e];
-          if (need_mask) {
-            const int key = t * kKeys + nt * 8 + 2 * tq + e;
-            if (key > pos || (window > 0 && key <= pos - window)) v = -INFINITY;
-          }
-          mx = fmaxf(mx, v);
-        }
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-      const float m_new = fmaxf(m[hh], mx * scale_log2);
-      const float m_use = m_new == -INFINITY ? 0.0f : m_new;  // a row with no key yet stays all-zero
-      const float corr = fast_exp2(m[hh] - m_use);
-      m[hh] = m_new;
-      float sum = 0.0f;
-#pragma unroll
-      for (int nt = 0; nt < 2; ++nt)
-#pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          float& v = s[nt][2 * hh + e];
-          v = fast_exp2(v * scale_log2 - m_use);
-          sum += v;
-        }
-      l[hh] = l[hh] * corr + sum;
-#pragma unroll
-      for (int dn = 0; dn < D / 8; ++dn) {
-        o[dn][2 * hh] *= corr;
-        o[dn][2 * hh + 1] *= corr;
-      }
-    }
-    uint32_t pa[4];
-    pa[0] = pack_bf16(s[0][0], s[0][1]);
-    pa[1] = pack_bf16(s[0][2], s[0][3]);
-    pa[2] = pack_bf16(s[1][0], s[1][1]);
-    pa[3] = pack_bf16(s[1][2], s[1][3]);
-    static_for<D / 16>([&](auto dp_c) {
-      constexpr int dp = decltype(dp_c)::value;
-      uint32_t vb[4];
-      ldmatrix_x4_trans_at<(dp / 4) * 128>(vb, v_stage + v_off[dp % 4]);
-      mma_bf16(o[2 * dp], pa, vb[0], vb[1]);
-      mma_bf16(o[2 * dp + 1], pa, vb[2], vb[3]);
-    });
+    decode_tile<D>(sq_u32, k_stage, v_stage, off, cp.t, pos_base, cp.ctx, p.sliding_window, row_pos,
+                   scale_log2, tq, m, l, o);
 
     if (i == n_tiles - 1 || cp.t == cp.tl - 1) {
       // End of this warp's piece of the pair.
