@@ -272,15 +272,18 @@ __global__ void fill_random_normal_kernel(bf16* x, int64_t n, uint64_t seed, flo
 
 int threads_for(int64_t vecs) { return vecs >= 256 ? 256 : (vecs >= 128 ? 128 : (vecs >= 64 ? 64 : 32)); }
 
-// The add + RMSNorm kernel for rows of vecs 16-byte vectors: registers hold the row when it fits 4 vectors a
-// thread (hidden sizes up to 8192). TROUPE_NORM_CACHE=0: always the two-pass kernel (benchmarks).
+// The add + RMSNorm kernel for rows of vecs 16-byte vectors: registers hold the row when it fits 2 or 4
+// vectors a thread (hidden sizes up to 8192). TROUPE_NORM_CACHE=0: always the two-pass kernel (benchmarks).
 template <typename R>
 auto norm_kernel(int64_t vecs) {
   static const bool cache_on = [] {
     const char* e = std::getenv("TROUPE_NORM_CACHE");
     return e == nullptr || std::strcmp(e, "0") != 0;
   }();
-  return cache_on && vecs <= 4 * threads_for(vecs) ? add_rms_norm_kernel<R, 4> : add_rms_norm_kernel<R, 0>;
+  // Registers for the whole row's loads in flight: 2 vectors a thread (hidden sizes up to 4096) keep ~60
+  // registers a thread, where 4 would take 106 and cost the 2048-row prefill norm a block an SM.
+  if (!cache_on || vecs > 4 * threads_for(vecs)) return add_rms_norm_kernel<R, 0>;
+  return vecs <= 2 * threads_for(vecs) ? add_rms_norm_kernel<R, 2> : add_rms_norm_kernel<R, 4>;
 }
 
 }  // namespace
