@@ -16,6 +16,7 @@
 #include "core/offline_engine.h"
 #include "core/tokenizer.h"
 #include "plugins/cpu/cpu_model_runner.h"
+#include "tests/common/test_seed.h"
 #include "tests/core/scheduler_harness.h"
 
 namespace troupe {
@@ -314,7 +315,8 @@ TEST_F(ServingCore, AbortStormOf500LeaksNothing) {
   o.sched.max_num_seqs = 64;
   actor_engine e(*r, tok_, o);
   collector c;
-  std::mt19937 rng(std::random_device{}());
+  TROUPE_FRESH_SEED(seed);
+  std::mt19937 rng(seed);
   std::vector<std::string> ids;
   for (int i = 0; i < 500; ++i) {
     engine_request q;
@@ -546,7 +548,8 @@ TEST_F(ServingCore, AsyncRunnerAbortStormLeaksNothing) {
   o.sched.max_num_seqs = 64;
   actor_engine e(dev, tok_, o);
   collector c;
-  std::mt19937 rng(std::random_device{}());
+  TROUPE_FRESH_SEED(seed);
+  std::mt19937 rng(seed);
   std::vector<std::string> ids;
   for (int i = 0; i < 200; ++i) {
     engine_request q;

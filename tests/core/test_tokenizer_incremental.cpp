@@ -8,6 +8,7 @@
 #include <sstream>
 
 #include "core/tokenizer.h"
+#include "tests/common/test_seed.h"
 
 namespace {
 
@@ -84,7 +85,8 @@ TEST_P(tokenizer_incremental_corpus, stream_equals_full_decode) {
   std::stringstream ss;
   ss << f.rdbuf();
   auto ref = nlohmann::json::parse(ss.str());
-  std::mt19937 rng(std::random_device{}());
+  TROUPE_FRESH_SEED(seed);
+  std::mt19937 rng(seed);
   int with_prompt = 0;
   for (const auto& e : ref["entries"]) {
     ids all = e["ids_special"].get<ids>();

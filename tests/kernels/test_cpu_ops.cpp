@@ -16,6 +16,7 @@
 
 #include "kernels/cpu/ops.h"
 #include "kernels/cpu/thread_pool.h"
+#include "tests/common/test_seed.h"
 
 namespace troupe::kernels::cpu {
 namespace {
@@ -27,10 +28,9 @@ std::vector<float> randn(size_t n, std::mt19937& rng, float scale = 1.0f) {
   return v;
 }
 
-std::mt19937 fresh_rng() { return std::mt19937(std::random_device{}()); }
-
 TEST(CpuOps, MatmulMatchesDoubleReference) {
-  auto rng = fresh_rng();
+  TROUPE_FRESH_SEED(seed);
+  std::mt19937 rng(seed);
   for (auto [m, n, k] : {std::tuple{1, 7, 5}, std::tuple{3, 64, 129}, std::tuple{9, 33, 256}}) {
     auto x = randn(m * k, rng), w = randn(n * k, rng), b = randn(n, rng);
     std::vector<float> y(m * n, std::numeric_limits<float>::quiet_NaN());
@@ -46,7 +46,8 @@ TEST(CpuOps, MatmulMatchesDoubleReference) {
 }
 
 TEST(CpuOps, RmsNormAndFusedResidual) {
-  auto rng = fresh_rng();
+  TROUPE_FRESH_SEED(seed);
+  std::mt19937 rng(seed);
   const int rows = 5, dim = 96;
   auto x = randn(rows * dim, rng), w = randn(dim, rng), r = randn(rows * dim, rng);
   std::vector<float> y(rows * dim, NAN), res = r, y2(rows * dim, NAN);
@@ -70,7 +71,8 @@ TEST(CpuOps, RmsNormAndFusedResidual) {
 }
 
 TEST(CpuOps, SiluMul) {
-  auto rng = fresh_rng();
+  TROUPE_FRESH_SEED(seed);
+  std::mt19937 rng(seed);
   const int rows = 3, inter = 40;
   auto gu = randn(rows * 2 * inter, rng, 3.0f);
   std::vector<float> out(rows * inter, NAN);
@@ -84,7 +86,8 @@ TEST(CpuOps, SiluMul) {
 }
 
 TEST(CpuOps, RopeRotatesHalvesByPositionTimesFrequency) {
-  auto rng = fresh_rng();
+  TROUPE_FRESH_SEED(seed);
+  std::mt19937 rng(seed);
   const int rows = 4, heads = 3, hd = 8;
   auto x = randn(rows * heads * hd, rng), orig = x;
   std::vector<int32_t> pos = {0, 1, 17, 250};
@@ -106,7 +109,8 @@ TEST(CpuOps, RopeRotatesHalvesByPositionTimesFrequency) {
 }
 
 TEST(CpuOps, LogSoftmax) {
-  auto rng = fresh_rng();
+  TROUPE_FRESH_SEED(seed);
+  std::mt19937 rng(seed);
   auto x = randn(2 * 50, rng, 5.0f), orig = x;
   log_softmax(x.data(), 2, 50);
   for (int r = 0; r < 2; ++r) {
@@ -151,7 +155,8 @@ struct attn_case {
 };
 
 TEST(CpuOps, PagedAttentionEqualsDenseAttention) {
-  auto rng = fresh_rng();
+  TROUPE_FRESH_SEED(seed);
+  std::mt19937 rng(seed);
   const std::vector<attn_case> cases = {
       {4, 4, 16, 16, {{5, 5}}, 0},                            // MHA prefill
       {8, 2, 32, 16, {{1, 40}, {7, 7}, {3, 35}, {1, 1}}, 0},  // GQA: decode + prefill + chunk after prefix
@@ -224,7 +229,8 @@ TEST(CpuOps, PagedAttentionEqualsDenseAttention) {
 }
 
 TEST(CpuOps, WriteKvFollowsSlotMappingAndSkipsNegativeSlots) {
-  auto rng = fresh_rng();
+  TROUPE_FRESH_SEED(seed);
+  std::mt19937 rng(seed);
   const int tokens = 3, nkv = 2, hd = 4, slots = 10;
   auto k = randn(tokens * nkv * hd, rng), v = randn(k.size(), rng);
   std::vector<float> kc(slots * nkv * hd, 0.5f), vc(kc.size(), 0.5f);
