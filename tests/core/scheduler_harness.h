@@ -26,6 +26,7 @@
 #include "core/rng.h"
 #include "core/sampling.h"
 #include "core/sched/scheduler.h"
+#include "tests/common/test_seed.h"
 
 namespace troupe::scheduler_test {
 
@@ -491,9 +492,9 @@ struct storm_round {
   scheduler_config config;
   int32_t num_blocks;
 };
-inline storm_round make_storm_round(int round) {
+inline storm_round make_storm_round() {
   storm_round s{};
-  s.seed = std::random_device{}() * 0x100000001ull + static_cast<uint64_t>(round);
+  s.seed = test::fresh_seed64();  // TROUPE_TEST_SEED: every round replays it
   s.rng.seed(s.seed);
   s.workload = make_workload(s.rng, 300);
   s.config = random_config(s.rng);

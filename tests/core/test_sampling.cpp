@@ -8,6 +8,7 @@
 #include "core/error.h"
 #include "core/sampling.h"
 #include "core/sampling_weight.h"
+#include "tests/common/test_seed.h"
 
 namespace troupe {
 namespace {
@@ -47,9 +48,7 @@ void expect_distribution(const std::vector<int>& counts, std::vector<double> exp
   }
 }
 
-uint64_t fresh_seed() {
-  return (static_cast<uint64_t>(std::random_device{}()) << 32) | std::random_device{}();
-}
+uint64_t fresh_seed() { return test::fresh_seed64(); }
 
 TEST(sampling_params, defaults_are_valid) { EXPECT_TRUE(sampling_params{}.validate(32000).empty()); }
 

@@ -15,6 +15,7 @@
 #include "core/error.h"
 #include "core/rng.h"
 #include "core/sched/scheduler.h"
+#include "tests/common/test_seed.h"
 #include "tests/core/scheduler_harness.h"
 
 namespace troupe {
@@ -599,7 +600,7 @@ TEST(Scheduler, PrefixCacheServesASecondRequest) {
 TEST(Scheduler, RandomAbortStormLeavesNoLeakedBlocks) {
   uint64_t preemptions = 0, prefix_hits = 0;
   for (int round = 0; round < 8; ++round) {
-    storm_round r = make_storm_round(round);
+    storm_round r = make_storm_round();
     const uint64_t seed = r.seed;
     SCOPED_TRACE("seed " + std::to_string(seed));
     scheduler_stats st;
@@ -617,7 +618,7 @@ TEST(Scheduler, RandomAbortStormLeavesNoLeakedBlocks) {
 }
 
 TEST(Scheduler, RandomWorkloadOutputDoesNotDependOnScheduling) {
-  const uint64_t seed = std::random_device{}() * 0x100000001ull + 7;
+  const uint64_t seed = test::fresh_seed64();
   SCOPED_TRACE("seed " + std::to_string(seed));
   std::mt19937_64 rng(seed);
   const auto w = make_workload(rng, 200);

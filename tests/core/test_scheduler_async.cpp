@@ -14,6 +14,7 @@
 #include "core/error.h"
 #include "core/rng.h"
 #include "core/sched/scheduler.h"
+#include "tests/common/test_seed.h"
 #include "tests/core/scheduler_harness.h"
 
 namespace troupe {
@@ -269,7 +270,7 @@ TEST(SchedulerAsync, PrefixCacheCommitsOnlyKnownTokens) {
 }
 
 TEST(SchedulerAsync, RandomWorkloadEqualsSynchronous) {
-  const uint64_t seed = std::random_device{}() * 0x100000001ull + 11;
+  const uint64_t seed = test::fresh_seed64();
   SCOPED_TRACE("seed " + std::to_string(seed));
   std::mt19937_64 rng(seed);
   const auto w = make_workload(rng, 200);
@@ -294,7 +295,7 @@ TEST(SchedulerAsync, RandomAbortStormLeavesNoLeakedBlocks) {
   uint64_t preemptions = 0;
   int64_t ahead_total = 0;
   for (int round = 0; round < 6; ++round) {
-    storm_round r = make_storm_round(round);
+    storm_round r = make_storm_round();
     const uint64_t seed = r.seed;
     SCOPED_TRACE("seed " + std::to_string(seed));
     scheduler_stats st;
