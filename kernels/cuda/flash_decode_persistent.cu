@@ -11,11 +11,12 @@
 // pair's last piece (a per-pair arrival counter) merges them, in piece order, so the result does not depend
 // on timing.
 //
-// The MMA layout is flash_decode.cu's: up to 16 packed query rows (token, head of the kv group) as the m
-// dimension of m16n8k16, 16-key tiles, online softmax in the log2 domain. The query fragments live in
-// registers (loaded once a pair), so shared memory holds only the ring. With attention_params::rope the warp
-// that owns a pair's last tile rotates and writes the new key and value itself; that tile's new row is
-// zero-filled by the copy and patched in shared memory from registers, so no tile waits for the write.
+// The per-tile math is flash_decode.cu's (decode_tile.cuh): up to 16 packed query rows (token, head of the
+// kv group) as the m dimension of m16n8k16, 16-key tiles, online softmax in the log2 domain. Shared memory
+// holds the ring and the current pair's query rows, loaded (and rotated, with the rope) when the warp reaches
+// the pair. With attention_params::rope the warp that owns a pair's last tile rotates and writes the new key
+// and value itself; that tile's new row is zero-filled by the copy and patched in shared memory from
+// registers, so no tile waits for the write.
 #include <cuda_bf16.h>
 
 #include <algorithm>
@@ -82,16 +83,18 @@ __device__ __forceinline__ int32_t block_of(const attention_params& p, const cur
                (c.t * kKeys) / p.block_size);
 }
 
-// The next tile; a cursor past the last sequence keeps s == num_seqs (the caller never reads it).
+// The next tile; a cursor past the last sequence keeps s == num_seqs (the caller never reads it). Only the
+// load cursor needs the tile's block id (kBlock); the compute cursor skips the table read.
+template <bool kBlock>
 __device__ __forceinline__ void advance(const attention_params& p, cursor& c) {
   if (++c.t < c.tl) {
-    if ((c.t * kKeys) % p.block_size == 0) c.blk = block_of(p, c);
+    if (kBlock && (c.t * kKeys) % p.block_size == 0) c.blk = block_of(p, c);
     return;
   }
   c.pair_start += c.tl - c.tf;
   if (++c.h < p.num_kv_heads) {
     c.t = c.tf;
-    c.blk = block_of(p, c);
+    if (kBlock) c.blk = block_of(p, c);
     return;
   }
   c.h = 0;
@@ -101,7 +104,7 @@ __device__ __forceinline__ void advance(const attention_params& p, cursor& c) {
   }
   if (c.s >= p.num_seqs) return;
   c.t = c.tf;
-  c.blk = block_of(p, c);
+  if (kBlock) c.blk = block_of(p, c);
 }
 
 // Warp x of w_eff owns global tiles [bound(x), bound(x + 1)); owner(i) is the warp that holds tile i.
@@ -230,7 +233,7 @@ __global__ void __launch_bounds__(32)
       }
       load_tile(ld, ring + st * 2 * C::kTileElems);
       ++issued;
-      if (issued < n_tiles) advance(p, ld);
+      if (issued < n_tiles) advance<true>(p, ld);
     }
     cp_async_commit();
   }
@@ -347,7 +350,7 @@ __global__ void __launch_bounds__(32)
     if (issued < n_tiles) {
       load_tile(ld, ring + ((i + kStages - 1) % kStages) * 2 * C::kTileElems);
       ++issued;
-      if (issued < n_tiles) advance(p, ld);
+      if (issued < n_tiles) advance<true>(p, ld);
     }
     cp_async_commit();
     bf16* k_tile = ring + stage * 2 * C::kTileElems;
@@ -469,7 +472,7 @@ __global__ void __launch_bounds__(32)
         }
       }
     }
-    if (i + 1 < n_tiles) advance(p, cp);
+    if (i + 1 < n_tiles) advance<false>(p, cp);
   }
   cp_async_wait<0>();
 }
@@ -515,10 +518,8 @@ void launch_persistent(const attention_params& p, int rows_cap, int sms, cudaStr
              block_shift);
 }
 
-}  // namespace
-
-namespace detail {
-
+// TROUPE_DECODE_PERSISTENT: unset -1 (the launcher chooses by the grid), a nonzero number 1 (wherever the
+// kernel applies), anything else 0 (never unless forced).
 int flash_decode_persistent_mode() {
   static const int v = [] {
     const char* e = std::getenv("TROUPE_DECODE_PERSISTENT");
@@ -544,6 +545,10 @@ void launch_at(int stages, const attention_params& p, int rows_cap, int sms, cud
     launch_persistent<D, 3>(p, rows_cap, sms, stream);
   }
 }
+
+}  // namespace
+
+namespace detail {
 
 size_t flash_decode_persistent_workspace_floats(int head_dim, int sms) {
   // Two slots a warp of at most 16 rows x (head_dim + 2) floats, at the largest grid of the ring depths.
