@@ -48,10 +48,12 @@
 #include "kernels/cuda/attention_internal.cuh"
 #include "kernels/cuda/check.h"
 #include "kernels/cuda/flash_prefill_sm90.cuh"
+#include "kernels/cuda/sm90.cuh"
 
 namespace troupe::kernels::cuda::detail {
 namespace {
 
+using namespace sm90;
 using bf16 = __nv_bfloat16;
 
 constexpr int kD = 128;                           // head_dim
@@ -74,40 +76,6 @@ constexpr uint32_t kQOff = 0, kKOff = kTileBytes;  // then V at (1 + kStages) ti
 __device__ __forceinline__ void cp_async16_to(uint32_t dst, const void* src, bool valid) {
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(valid ? 16 : 0)
                : "memory");
-}
-
-// Matrix descriptor of a shared-memory wgmma operand with the 128-byte swizzle.
-__device__ __forceinline__ uint64_t smem_desc(uint32_t addr, uint32_t leading_bytes, uint32_t stride_bytes) {
-  return static_cast<uint64_t>((addr & 0x3FFFF) >> 4) | static_cast<uint64_t>(leading_bytes >> 4) << 16 |
-         static_cast<uint64_t>(stride_bytes >> 4) << 32 | uint64_t{1} << 62;
-}
-
-__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
-__device__ __forceinline__ void wgmma_commit() {
-  asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
-}
-template <int kPending>
-__device__ __forceinline__ void wgmma_wait() {
-  asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(kPending) : "memory");
-}
-// cp.async writes shared memory through the generic proxy; wgmma reads it through the async proxy.
-__device__ __forceinline__ void fence_proxy_async() {
-  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
-}
-
-// Pins register values at this point of the instruction stream: the compiler may not move their producers
-// below, nor their consumers above, the neighbouring wgmma fence/wait (CUTLASS's warpgroup_fence_operand).
-template <int N>
-__device__ __forceinline__ void reg_fence(float (&r)[N]) {
-#pragma unroll
-  for (int i = 0; i < N; ++i) asm volatile("" : "+f"(r[i])::"memory");
-}
-template <int N, int M>
-__device__ __forceinline__ void reg_fence(uint32_t (&r)[N][M]) {
-#pragma unroll
-  for (int i = 0; i < N; ++i)
-#pragma unroll
-    for (int j = 0; j < M; ++j) asm volatile("" : "+r"(r[i][j])::"memory");
 }
 
 #define TROUPE_WGMMA_D64                                                                                     \
