@@ -1,6 +1,7 @@
-// `troupe bench kernels [--json] [--iters N]`: the attention kernels of both plugins on the shapes,
-// with the two ceilings (device copy bandwidth, cuBLASLt bf16 GEMM) measured in the same process so each
-// figure can be read against them. Inputs are random (never zeros); times are medians of event-timed runs.
+// `troupe bench kernels [--json] [--iters N] [--group gemm|skinny|batch_gemm|prefill|decode]`: the attention
+// kernels of both plugins on the shapes, with the two ceilings (device copy bandwidth, cuBLASLt bf16
+// GEMM) measured in the same process so each figure can be read against them. Inputs are random (never
+// zeros); times are medians of event-timed runs.
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
@@ -115,8 +116,11 @@ struct figure {
 };
 
 int run(const std::vector<std::string>& args) {
-  arg_parser ap("bench kernels", {"iters"}, {"json"});
+  arg_parser ap("bench kernels", {"iters", "group"}, {"json"});
   ap.parse(args);
+  // --group gemm|skinny|batch_gemm|prefill|decode: that group only (after the copy ceiling).
+  const std::string group = ap.get_or("group", "");
+  const auto wants = [&](const char* name) { return group.empty() || group == name; };
   const int iters = static_cast<int>(ap.get_int("iters").value_or(20));
   const bool json = ap.has("json");
   int dev = 0;
@@ -137,7 +141,7 @@ int run(const std::vector<std::string>& args) {
     cudaFree(b);
   }
   const double copy_tbs = figs.back().value;
-  {  // Ceiling 2: cuBLASLt bf16 GEMM 8192^3.
+  if (wants("gemm")) {  // Ceiling 2: cuBLASLt bf16 GEMM 8192^3.
     const int64_t n = 8192;
     auto* x = device_alloc<kc::bf16>(n * n);
     auto* w = device_alloc<kc::bf16>(n * n);
@@ -151,8 +155,9 @@ int run(const std::vector<std::string>& args) {
     cudaFree(w);
     cudaFree(y);
   }
-  {  // Skinny GEMMs of decode (Llama-3.1-8B shapes), bound by the weight read: the gemv kernel against
-     // cuBLASLt (gemv_max_m 0), as bandwidth over the weight bytes.
+  if (wants("skinny")) {  // Skinny GEMMs of decode (Llama-3.1-8B shapes), bound by the weight read: the gemv
+                          // kernel against
+                          // cuBLASLt (gemv_max_m 0), as bandwidth over the weight bytes.
     struct shape {
       const char* name;
       int64_t n, k;
@@ -197,10 +202,63 @@ int run(const std::vector<std::string>& args) {
       cudaFree(y);
     }
   }
-  {  // Prefill: causal, B4 H32 S4096 D128 (MHA, as the SDPA peer), then the engine's 2048-token prefill (one
-     // sequence, Llama-3.1-8B's GQA: 32 q / 8 kv heads); causal FLOPs = half of 4 * S^2 * D per head. The
-     // unsuffixed figure is the default dispatch (the wgmma kernel on Hopper), _w4/_w8 the mma.sync kernel's
-     // two tilings, all in the same run.
+  if (wants("batch_gemm")) {  // Decode-batch GEMMs (Llama-3.1-8B shapes) at m = 136 .. 256 token rows: the
+                              // Hopper kernel against
+                              // cuBLASLt, in TFLOP/s, weights cycled through 256 MB+ of copies as above.
+    struct shape {
+      const char* name;
+      int64_t n, k;
+    };
+    const shape shapes[] = {{"qkv", 6144, 4096},
+                            {"o", 4096, 4096},
+                            {"gate_up", 28672, 4096},
+                            {"down", 4096, 14336},
+                            {"lm_head", 128256, 4096}};
+    kc::gemm_context gemm;
+    gemm.set_sm90_min_n(0);
+    const int64_t max_m = 256;
+    for (const shape& sh : shapes) {
+      const int64_t copies = std::max<int64_t>(1, (int64_t{256} << 20) / (2 * sh.n * sh.k) + 1);
+      auto* w = device_alloc<kc::bf16>(copies * sh.n * sh.k);
+      auto* x = device_alloc<kc::bf16>(max_m * sh.k);
+      auto* y = device_alloc<float>(max_m * sh.n);
+      kc::fill_random_normal(w, copies * sh.n * sh.k, 5, 0.0f, 0.02f, nullptr);
+      kc::fill_random_normal(x, max_m * sh.k, 6, 0.0f, 1.0f, nullptr);
+      int64_t call = 0;
+      const bool f32 = std::string(sh.name) == "lm_head";
+      for (int64_t m : {136, 192, 256}) {
+        for (bool sm90 : {true, false}) {
+          if (!gemm.set_sm90_m_range(1, sm90 ? max_m : 0)) continue;  // no Hopper kernel here
+          // Ten calls a timing, so the host's per-call work (descriptors) overlaps the GPU's as in a step.
+          const double ms =
+              median_ms(
+                  [&] {
+                    for (int r = 0; r < 10; ++r) {
+                      const kc::bf16* wc = w + (call++ % copies) * sh.n * sh.k;
+                      if (f32) {
+                        gemm.matmul_xwt_f32(x, wc, y, m, sh.n, sh.k, nullptr);
+                      } else {
+                        gemm.matmul_xwt(x, wc, reinterpret_cast<kc::bf16*>(y), m, sh.n, sh.k, nullptr);
+                      }
+                    }
+                  },
+                  1, iters) /
+              10;
+          figs.push_back({std::string("batch_gemm_") + sh.name + "_m" + std::to_string(m) +
+                              (sm90 ? "_sm90" : "_cublaslt"),
+                          "TFLOP/s", 2.0 * m * sh.n * sh.k / (ms * 1e-3) / 1e12, ms, 0});
+        }
+      }
+      cudaFree(w);
+      cudaFree(x);
+      cudaFree(y);
+    }
+  }
+  if (wants("prefill")) {  // Prefill: causal, B4 H32 S4096 D128 (MHA, as the SDPA peer), then the engine's
+                           // 2048-token prefill (one
+    // sequence, Llama-3.1-8B's GQA: 32 q / 8 kv heads); causal FLOPs = half of 4 * S^2 * D per head. The
+    // unsuffixed figure is the default dispatch (the wgmma kernel on Hopper), _w4/_w8 the mma.sync kernel's
+    // two tilings, all in the same run.
     struct prefill_shape {
       const char* name;
       int batch, seq, heads, kv_heads;
@@ -218,9 +276,10 @@ int run(const std::vector<std::string>& args) {
       }
     }
   }
-  {  // Decode at three shapes: the (batch 64, 4096-token contexts), and the serving benches' (batch
-     // 256 at ~520 keys for throughput, batch 1 at ~140 for latency); 32 q / 8 kv heads, D128. Bytes:
-     // every K and V row once. Each flash kernel at its chosen split count and at fixed ones.
+  if (wants("decode")) {  // Decode at three shapes: the (batch 64, 4096-token contexts), and the
+                          // serving benches' (batch
+    // 256 at ~520 keys for throughput, batch 1 at ~140 for latency); 32 q / 8 kv heads, D128. Bytes:
+    // every K and V row once. Each flash kernel at its chosen split count and at fixed ones.
     using kc::flash_decode_kernel;
     for (const auto& [batch, ctx] : {std::pair<int, int>{64, 4096}, {256, 520}, {1, 140}}) {
       attention_setup s(batch, 1, ctx, 32, 8, 128, 20 + batch);
@@ -253,7 +312,7 @@ int run(const std::vector<std::string>& args) {
           [&] { kc::flash_attention_decode(s.p, nullptr, 0, flash_decode_kernel::block_tiles, 3); });
     }
   }
-  {  // Decode at batch 1 with a long context: the split-K path's reason to exist.
+  if (wants("decode")) {  // Decode at batch 1 with a long context: the split-K path's reason to exist.
     attention_setup s(1, 1, 32768, 32, 8, 128, 30);
     const double bytes = 2.0 * 32768 * 8 * 128 * 2;
     for (int which = 0; which < 2; ++which) {

@@ -1,7 +1,8 @@
-// bf16 GEMMs through cuBLASLt with fp32 accumulation. Row-major y = x @ w^T is column-major
-// y^T = w * x^T with w transposed, so no copy or transpose kernel is needed. Descriptors and the algorithm
-// are made once per shape (the heuristic query cost tens of µs per call); prefill-sized shapes time the
-// heuristic's best candidates once and keep the fastest.
+// bf16 GEMMs with fp32 accumulation: the gemv kernel for a few rows, our Hopper kernel (gemm_sm90.cu) for
+// decode-sized batches, cuBLASLt otherwise. Row-major y = x @ w^T is column-major y^T = w * x^T with w
+// transposed, so no copy or transpose kernel is needed. cuBLASLt descriptors and the algorithm are made once
+// per shape (the heuristic query cost tens of µs per call); prefill-sized shapes time the heuristic's best
+// candidates once and keep the fastest.
 #include <cublasLt.h>
 
 #include <cstdlib>
@@ -9,6 +10,7 @@
 #include <vector>
 
 #include "kernels/cuda/check.h"
+#include "kernels/cuda/gemm_sm90.cuh"
 #include "kernels/cuda/ops.h"
 
 namespace troupe::kernels::cuda {
@@ -18,11 +20,31 @@ gemm_context::gemm_context() {
     tune_min_m_ = 0;
   TROUPE_CUBLAS_CHECK(cublasLtCreate(&handle_));
   TROUPE_CUDA_CHECK(cudaMalloc(&workspace_, kWorkspaceBytes));
+  // Off by default: on an H200 it matched cuBLASLt on the gate/up projection and the LM head and trailed it
+  // elsewhere, and the batch-256 decode step ran 3 % slower with it (docs/perf-notes.md v11).
+  if (const char* e = std::getenv("TROUPE_GEMM_SM90"); e != nullptr && std::strcmp(e, "1") == 0)
+    set_sm90_m_range(kSm90MinM, kSm90MaxM);
+  if (const char* e = std::getenv("TROUPE_GEMM_SM90_MIN_N"); e != nullptr) sm90_min_n_ = std::atoll(e);
+}
+
+bool gemm_context::set_sm90_m_range(int64_t lo, int64_t hi) {
+  if (hi > 0 && sm90_workspace_ == nullptr && detail::gemm_sm90_available()) {
+    int dev = 0;
+    TROUPE_CUDA_CHECK(cudaGetDevice(&dev));
+    TROUPE_CUDA_CHECK(cudaDeviceGetAttribute(&sm90_ctas_, cudaDevAttrMultiProcessorCount, dev));
+    const size_t bytes = detail::gemm_sm90_workspace_bytes(sm90_ctas_);
+    TROUPE_CUDA_CHECK(cudaMalloc(&sm90_workspace_, bytes));
+    TROUPE_CUDA_CHECK(cudaMemset(sm90_workspace_, 0, bytes));  // the flags start at zero
+  }
+  sm90_min_m_ = lo;
+  sm90_max_m_ = sm90_workspace_ != nullptr ? hi : 0;
+  return hi <= 0 || sm90_workspace_ != nullptr;
 }
 
 gemm_context::~gemm_context() {
   plans_.clear();
   if (workspace_ != nullptr) cudaFree(workspace_);
+  if (sm90_workspace_ != nullptr) cudaFree(sm90_workspace_);
   if (handle_ != nullptr) cublasLtDestroy(handle_);
 }
 
@@ -128,6 +150,11 @@ void gemm_context::run(const bf16* x, const bf16* w, void* y, bool f32_out, int6
     } else {
       gemv_xwt(x, w, static_cast<bf16*>(y), m, n, k, stream);
     }
+    return;
+  }
+  if (sm90_workspace_ != nullptr && m >= sm90_min_m_ && m <= sm90_max_m_ && sm90_max_m_ > 0 &&
+      n >= sm90_min_n_ && detail::gemm_sm90_supports(x, w, y, m, n, k)) {
+    detail::gemm_sm90_xwt(x, w, y, f32_out, m, n, k, sm90_workspace_, sm90_ctas_, stream);
     return;
   }
   plan& pl = plan_for(m, n, k, f32_out);

@@ -89,6 +89,10 @@ void fill_random_normal(bf16* x, int64_t n, uint64_t seed, float mean, float std
 // Skinny GEMMs by our own kernel (kernels/cuda/gemv.cu): y[m, n] = x[m, k] @ w[n, k]^T for 1 <= m <=
 // kGemvMaxM, k % 8 == 0, x and w 16-byte aligned (gemv_supports); fp32 accumulation.
 constexpr int kGemvMaxM = 4;
+// Shapes gemm_context sends to the Hopper kernel when TROUPE_GEMM_SM90=1: rows m in [kSm90MinM, kSm90MaxM]
+// (set_sm90_m_range), n >= kSm90MinN (set_sm90_min_n; the gate/up projection and the LM head, where it
+// matched cuBLASLt).
+constexpr int64_t kSm90MinM = 129, kSm90MaxM = 256, kSm90MinN = 16384;
 bool gemv_supports(const void* x, const void* w, int64_t m, int64_t n, int64_t k);
 void gemv_xwt(const bf16* x,  // [m, k]
               const bf16* w,  // [n, k]
@@ -106,8 +110,9 @@ void gemv_gate_up_silu(const bf16* x,          // [m, k]
                        bf16* act,              // [m, inter]
                        int64_t m, int64_t inter, int64_t k, cudaStream_t stream);
 
-// GEMMs: y[m, n] = x[m, k] @ w[n, k]^T, bf16 operands, fp32 accumulation, bf16 out; through cuBLASLt, or
-// the gemv kernel when m <= gemv_max_m() and the shape allows it.
+// GEMMs: y[m, n] = x[m, k] @ w[n, k]^T, bf16 operands, fp32 accumulation, bf16 out; through the gemv
+// kernel when m <= gemv_max_m(), the Hopper kernel for shapes in its range (off by default), when the
+// shape allows them; cuBLASLt otherwise.
 // One gemm_context per stream/thread: it owns the handle and a workspace, created once, reused per call.
 class gemm_context {
  public:
@@ -132,6 +137,14 @@ class gemm_context {
   void set_gemv_max_m(int m) { gemv_max_m_ = m; }
   int gemv_max_m() const { return gemv_max_m_; }
 
+  // Rows m in [lo, hi] go to the Hopper kernel (gemm_sm90.cu) where it is available (a compute capability
+  // 9.0 device and an sm_90a build) and takes the shape; hi = 0: never, the default unless TROUPE_GEMM_SM90=1
+  // (then [kSm90MinM, kSm90MaxM]). The first call with hi > 0 allocates its workspace, so it must not come
+  // during graph capture. False when hi > 0 and the kernel is not available.
+  bool set_sm90_m_range(int64_t lo, int64_t hi);
+  // ... and only for n >= this (kSm90MinN; TROUPE_GEMM_SM90_MIN_N at construction).
+  void set_sm90_min_n(int64_t n) { sm90_min_n_ = n; }
+
   // GEMMs with m >= this many rows (prefill-sized) pick their cuBLASLt algorithm by timing the
   // heuristic's best candidates once per shape, outside graph capture; 0 = always the heuristic's first
   // (also TROUPE_GEMM_TUNE=0 in the environment).
@@ -149,6 +162,9 @@ class gemm_context {
   void tune(plan& pl, const bf16* x, const bf16* w, void* y, cudaStream_t stream);
   int gemv_max_m_ = kGemvMaxM;
   int64_t tune_min_m_ = 1024;
+  int64_t sm90_min_m_ = 0, sm90_max_m_ = 0, sm90_min_n_ = kSm90MinN;
+  void* sm90_workspace_ = nullptr;  // gemm_sm90_workspace_bytes(sm90_ctas_); null: no Hopper kernel
+  int sm90_ctas_ = 0;               // the SM count
   cublasLtHandle_t handle_ = nullptr;
   void* workspace_ = nullptr;  // [kWorkspaceBytes]
   static constexpr size_t kWorkspaceBytes = 32u << 20;

@@ -1,9 +1,12 @@
 // CUDA elementwise ops and GEMMs against kernels/cpu on fresh random inputs of several shapes.
 #include <algorithm>
+#include <cstring>
 #include <numeric>
 
 #include "kernels/cpu/ops.h"
+#include "kernels/cuda/gemm_sm90.cuh"
 #include "kernels/cuda/ops.h"
+#include "tests/common/test_seed.h"
 #include "tests/gpu/gpu_test_util.h"
 
 namespace troupe::gpu_test {
@@ -203,10 +206,15 @@ TEST(CudaOps, GemmMatchesReference) {
   TROUPE_SKIP_WITHOUT_GPU();
   std::mt19937 rng(16);
   kc::gemm_context gemm;
-  // m = 1200 reaches the timed algorithm choice (m >= 1024), and its second round the cached plan.
+  gemm.set_sm90_m_range(kc::kSm90MinM, kc::kSm90MaxM);  // off by default; false where there is none
+  gemm.set_sm90_min_n(0);
+  // m = 1200 reaches the timed algorithm choice (m >= 1024), and its second round the cached plan; m = 200
+  // and 256 the Hopper kernel on an sm_90a build.
   for (const auto& [m, n, k] : {std::tuple<int, int, int>{1, 256, 64},
                                 {37, 320, 264},
                                 {128, 1024, 4096},
+                                {256, 1024, 4096},  // the Hopper kernel where available
+                                {200, 264, 264},
                                 {1200, 320, 264},
                                 {1200, 320, 264}}) {
     auto x = random_bf16(rng, static_cast<size_t>(m) * k),
@@ -221,6 +229,55 @@ TEST(CudaOps, GemmMatchesReference) {
     d_y32.poison();
     gemm.matmul_xwt_f32(d_x.get(), d_w.get(), d_y32.get(), m, n, k, nullptr);
     expect_close(d_y32.download(), ref, 1e-3f, 1e-3f, 1e-4, "gemm fp32 out");
+  }
+}
+
+// The Hopper GEMM (stream-K over a grid of `ctas` blocks) against the CPU reference: grids from 3 blocks to
+// an SM count, so tiles split into 2 .. 132 segments whose partials the head's block adds; ragged m, n and k
+// (TMA's zero fill past the edges, the masked store), two token tiles (m > 256), k of 14336 (the down
+// projection), bf16 and fp32 outputs. Every call reuses one workspace, grids of different sizes in turn, so
+// a flag left raised would hang or corrupt the next call; two runs of one shape must agree to the bit (the
+// sum's order is fixed).
+TEST(CudaOps, GemmSm90MatchesReference) {
+  TROUPE_SKIP_WITHOUT_GPU();
+  if (!kc::detail::gemm_sm90_available())
+    GTEST_SKIP() << "needs a compute capability 9.0 device and an sm_90a build";
+  TROUPE_FRESH_SEED(seed);
+  std::mt19937 rng(seed);
+  int dev = 0, sms = 0;
+  TROUPE_CUDA_CHECK(cudaGetDevice(&dev));
+  TROUPE_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+  // Flags zero, partials NaN: a head that read a partial before its writer finished, or a flag that a
+  // grid of another size looked for among the partials (an early layout did), shows as NaN or garbage.
+  device_buffer<char> ws(kc::detail::gemm_sm90_workspace_bytes(sms));
+  const size_t off = kc::detail::gemm_sm90_partials_offset();
+  TROUPE_CUDA_CHECK(cudaMemset(ws.get(), 0, off));
+  TROUPE_CUDA_CHECK(cudaMemset(ws.get() + off, 0xFF, ws.size() - off));
+  struct shape {
+    int m, n, k, ctas;
+  };
+  for (const shape& sh : {shape{256, 1024, 4096, sms}, shape{256, 128, 14336, sms}, shape{200, 1032, 4104, 7},
+                          shape{256, 384, 4096, sms}, shape{17, 136, 64, 3}, shape{300, 256, 520, 5},
+                          shape{256, 4096, 1024, sms}, shape{129, 640, 2048, sms}}) {
+    SCOPED_TRACE(::testing::Message()
+                 << "m " << sh.m << " n " << sh.n << " k " << sh.k << " ctas " << sh.ctas);
+    const int m = sh.m, n = sh.n, k = sh.k;
+    auto x = random_bf16(rng, static_cast<size_t>(m) * k),
+         w = random_bf16(rng, static_cast<size_t>(n) * k, 0.05f);
+    device_buffer<bf16> d_x(x.dev), d_w(w.dev), d_y(static_cast<size_t>(m) * n), d_y2(d_y.size());
+    std::vector<float> ref(static_cast<size_t>(m) * n);
+    kref::matmul_xwt(x.ref.data(), w.ref.data(), nullptr, ref.data(), m, n, k);
+    d_y.poison();
+    d_y2.poison();
+    kc::detail::gemm_sm90_xwt(d_x.get(), d_w.get(), d_y.get(), false, m, n, k, ws.get(), sh.ctas, nullptr);
+    kc::detail::gemm_sm90_xwt(d_x.get(), d_w.get(), d_y2.get(), false, m, n, k, ws.get(), sh.ctas, nullptr);
+    const auto got = d_y.download(), again = d_y2.download();
+    expect_close(to_float(got), ref, 2e-2f, 1e-2f, 5e-3, "gemm sm90");
+    EXPECT_EQ(std::memcmp(got.data(), again.data(), got.size() * sizeof(bf16)), 0) << "two runs differ";
+    device_buffer<float> d_y32(static_cast<size_t>(m) * n);
+    d_y32.poison();
+    kc::detail::gemm_sm90_xwt(d_x.get(), d_w.get(), d_y32.get(), true, m, n, k, ws.get(), sh.ctas, nullptr);
+    expect_close(d_y32.download(), ref, 1e-3f, 1e-3f, 1e-4, "gemm sm90 fp32 out");
   }
 }
 
