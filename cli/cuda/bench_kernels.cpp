@@ -141,7 +141,8 @@ int run(const std::vector<std::string>& args) {
     cudaFree(b);
   }
   const double copy_tbs = figs.back().value;
-  if (wants("gemm")) {  // Ceiling 2: cuBLASLt bf16 GEMM 8192^3.
+  // Ceiling 2: cuBLASLt bf16 GEMM 8192^3.
+  if (wants("gemm")) {
     const int64_t n = 8192;
     auto* x = device_alloc<kc::bf16>(n * n);
     auto* w = device_alloc<kc::bf16>(n * n);
@@ -155,9 +156,9 @@ int run(const std::vector<std::string>& args) {
     cudaFree(w);
     cudaFree(y);
   }
-  if (wants("skinny")) {  // Skinny GEMMs of decode (Llama-3.1-8B shapes), bound by the weight read: the gemv
-                          // kernel against
-                          // cuBLASLt (gemv_max_m 0), as bandwidth over the weight bytes.
+  // Skinny GEMMs of decode (Llama-3.1-8B shapes), bound by the weight read: the gemv kernel against cuBLASLt
+  // (gemv_max_m 0), as bandwidth over the weight bytes.
+  if (wants("skinny")) {
     struct shape {
       const char* name;
       int64_t n, k;
@@ -202,11 +203,11 @@ int run(const std::vector<std::string>& args) {
       cudaFree(y);
     }
   }
-  if (wants("prefill")) {  // Prefill: causal, B4 H32 S4096 D128 (MHA, as the SDPA peer), then the engine's
-                           // 2048-token prefill (one
-    // sequence, Llama-3.1-8B's GQA: 32 q / 8 kv heads); causal FLOPs = half of 4 * S^2 * D per head. The
-    // unsuffixed figure is the default dispatch (the wgmma kernel on Hopper), _w4/_w8 the mma.sync kernel's
-    // two tilings, all in the same run.
+  // Prefill: causal, B4 H32 S4096 D128 (MHA, as the SDPA peer), then the engine's 2048-token prefill (one
+  // sequence, Llama-3.1-8B's GQA: 32 q / 8 kv heads); causal FLOPs = half of 4 * S^2 * D per head. The
+  // unsuffixed figure is the default dispatch (the wgmma kernel on Hopper), _w4/_w8 the mma.sync kernel's
+  // two tilings, all in the same run.
+  if (wants("prefill")) {
     struct prefill_shape {
       const char* name;
       int batch, seq, heads, kv_heads;
@@ -224,10 +225,10 @@ int run(const std::vector<std::string>& args) {
       }
     }
   }
-  if (wants("decode")) {  // Decode at three shapes: the (batch 64, 4096-token contexts), and the
-                          // serving benches' (batch
-    // 256 at ~520 keys for throughput, batch 1 at ~140 for latency); 32 q / 8 kv heads, D128. Bytes:
-    // every K and V row once. Each flash kernel at its chosen split count and at fixed ones.
+  // Decode at three shapes: the (batch 64, 4096-token contexts), and the serving benches' (batch
+  // 256 at ~520 keys for throughput, batch 1 at ~140 for latency); 32 q / 8 kv heads, D128. Bytes:
+  // every K and V row once. Each flash kernel at its chosen split count and at fixed ones.
+  if (wants("decode")) {
     using kc::flash_decode_kernel;
     for (const auto& [batch, ctx] : {std::pair<int, int>{64, 4096}, {256, 520}, {1, 140}}) {
       attention_setup s(batch, 1, ctx, 32, 8, 128, 20 + batch);
@@ -260,7 +261,8 @@ int run(const std::vector<std::string>& args) {
           [&] { kc::flash_attention_decode(s.p, nullptr, 0, flash_decode_kernel::block_tiles, 3); });
     }
   }
-  if (wants("decode")) {  // Decode at batch 1 with a long context: the split-K path's reason to exist.
+  // Decode at batch 1 with a long context: the split-K path's reason to exist.
+  if (wants("decode")) {
     attention_setup s(1, 1, 32768, 32, 8, 128, 30);
     const double bytes = 2.0 * 32768 * 8 * 128 * 2;
     for (int which = 0; which < 2; ++which) {
@@ -277,9 +279,9 @@ int run(const std::vector<std::string>& args) {
 
   // Last: its seconds of back-to-back GEMMs pull the H200 down to 1.3-1.5 GHz (nvidia-smi, run89), and the
   // prefill figure timed right after them read 262-283 TFLOP/s against 371 (the same kernel code).
-  if (wants("batch_gemm")) {  // Decode-batch GEMMs (Llama-3.1-8B shapes) at m = 136 .. 256 token rows: the
-                              // Hopper kernel against
-                              // cuBLASLt, in TFLOP/s, weights cycled through 256 MB+ of copies as above.
+  // Decode-batch GEMMs (Llama-3.1-8B shapes) at m = 136 .. 256 token rows: the Hopper kernel against
+  // cuBLASLt, in TFLOP/s, weights cycled through 256 MB+ of copies as above.
+  if (wants("batch_gemm")) {
     struct shape {
       const char* name;
       int64_t n, k;
