@@ -8,6 +8,8 @@
 // step N + 1 is submitted (its tokens pending on step N's draws, on the device) before step N is collected,
 // so the host's work overlaps the device's; every row then goes through the device sampler, greedy unless
 // --temperature says otherwise.
+#include <cuda_runtime_api.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -19,6 +21,7 @@
 #include "cli/bench.h"
 #include "core/sampling.h"
 #include "plugins/cuda/cuda_model_runner.h"
+#include "plugins/cuda/gpu_monitor.h"
 
 namespace troupe::cli {
 namespace {
@@ -146,6 +149,12 @@ int run_engine_bench(const std::string& mode, int default_batch, int default_inp
   }
   std::sort(prefill_passes.begin(), prefill_passes.end());
   const double prefill_ms = prefill_passes[prefill_passes.size() / 2];
+  // The SM clock and board power through the decode steps: at batch 256 an H200 sits at its power limit
+  // with the clock well below its maximum, which the figure depends on.
+  int device = 0;
+  if (cudaGetDevice(&device) != cudaSuccess) device = 0;  // the runner already runs on it
+  gpu_monitor monitor(device);
+  monitor.start();
   std::vector<double> decode_ms;
   if (async && G > 0) {
     // Submit step g + 1, then collect step g: a step's time is the time between two collects.
@@ -161,6 +170,7 @@ int run_engine_bench(const std::string& mode, int default_batch, int default_inp
   } else {
     for (int g = 0; g < G; ++g) decode_ms.push_back(step(0, B, P + g, P + g + 1));
   }
+  const gpu_monitor::summary clocks = monitor.stop();
   std::vector<double> sorted = decode_ms;
   std::sort(sorted.begin(), sorted.end());
   const double med = sorted.empty() ? 0 : sorted[sorted.size() / 2];
@@ -173,17 +183,26 @@ int run_engine_bench(const std::string& mode, int default_batch, int default_inp
         "{\"mode\": \"%s\", \"model\": \"%s\", \"random_weights\": %s, \"attention\": \"%s\", "
         "\"sampling\": \"%s\", \"cuda_graphs\": %s, \"batch\": %d, "
         "\"input_len\": %d, \"output_len\": %d, \"load_s\": %.2f, \"prefill_ms\": %.3f, "
-        "\"decode_ms_per_step_median\": %.4f, \"decode_tokens_per_s\": %.1f}\n",
+        "\"decode_ms_per_step_median\": %.4f, \"decode_tokens_per_s\": %.1f, %s}\n",
         mode.c_str(), model.c_str(), opt.random_weights ? "true" : "false", opt.attention.c_str(),
         host_logits
             ? "host_logits"
             : (async ? "device_sampled_async" : (device_sampled ? "device_sampled" : "device_greedy")),
-        opt.cuda_graphs ? "true" : "false", B, P, G, load_s, prefill_ms, med, tok_s);
+        opt.cuda_graphs ? "true" : "false", B, P, G, load_s, prefill_ms, med, tok_s,
+        gpu_monitor_json_fields(clocks).c_str());
   } else {
     std::printf("%s: %s (%s attention), batch %d, %d in / %d out\n", mode.c_str(), model.c_str(),
                 opt.attention.c_str(), B, P, G);
     std::printf("  load %.2f s, prefill %.2f ms, decode %.3f ms/step (median), %.1f tokens/s\n", load_s,
                 prefill_ms, med, tok_s);
+    if (clocks.samples > 0) {
+      std::printf("  during decode: SM clock %.0f MHz (%.0f-%.0f), board power %.0f W (max %.0f)\n",
+                  clocks.sm_clock_mhz_mean, clocks.sm_clock_mhz_min, clocks.sm_clock_mhz_max,
+                  clocks.power_w_mean, clocks.power_w_max);
+    } else {
+      std::printf("  during decode: no clock or power figures (%s)\n",
+                  monitor.available() ? "no sample" : monitor.unavailable_reason().c_str());
+    }
   }
   return 0;
 }
