@@ -110,6 +110,17 @@ struct attention_setup {
   }
 };
 
+// The projections of a Llama-3.1-8B layer and its LM head: y[m, n] = x[m, k] @ w[n, k]^T.
+struct gemm_shape {
+  const char* name;
+  int64_t n, k;
+};
+constexpr gemm_shape kLlama8bGemms[] = {{"qkv", 6144, 4096},
+                                        {"o", 4096, 4096},
+                                        {"gate_up", 28672, 4096},
+                                        {"down", 4096, 14336},
+                                        {"lm_head", 128256, 4096}};
+
 struct figure {
   std::string name, unit;
   double value, ms, ceiling;  // ceiling 0 = none
@@ -159,17 +170,8 @@ int run(const std::vector<std::string>& args) {
   // Skinny GEMMs of decode (Llama-3.1-8B shapes), bound by the weight read: the gemv kernel against cuBLASLt
   // (gemv_max_m 0), as bandwidth over the weight bytes.
   if (wants("skinny")) {
-    struct shape {
-      const char* name;
-      int64_t n, k;
-    };
-    const shape shapes[] = {{"qkv", 6144, 4096},
-                            {"o", 4096, 4096},
-                            {"gate_up", 28672, 4096},
-                            {"down", 4096, 14336},
-                            {"lm_head", 128256, 4096}};
     kc::gemm_context gemm;
-    for (const shape& sh : shapes) {
+    for (const gemm_shape& sh : kLlama8bGemms) {
       // Calls cycle through copies of w worth 256 MB or more, so no call finds its weights in L2 (50 MB).
       const int64_t copies = std::max<int64_t>(1, (int64_t{256} << 20) / (2 * sh.n * sh.k) + 1);
       auto* w = device_alloc<kc::bf16>(copies * sh.n * sh.k);
@@ -282,19 +284,10 @@ int run(const std::vector<std::string>& args) {
   // Decode-batch GEMMs (Llama-3.1-8B shapes) at m = 136 .. 256 token rows: the Hopper kernel against
   // cuBLASLt, in TFLOP/s, weights cycled through 256 MB+ of copies as above.
   if (wants("batch_gemm")) {
-    struct shape {
-      const char* name;
-      int64_t n, k;
-    };
-    const shape shapes[] = {{"qkv", 6144, 4096},
-                            {"o", 4096, 4096},
-                            {"gate_up", 28672, 4096},
-                            {"down", 4096, 14336},
-                            {"lm_head", 128256, 4096}};
     kc::gemm_context gemm;
     gemm.set_sm90_min_n(0);
     const int64_t max_m = 256;
-    for (const shape& sh : shapes) {
+    for (const gemm_shape& sh : kLlama8bGemms) {
       const int64_t copies = std::max<int64_t>(1, (int64_t{256} << 20) / (2 * sh.n * sh.k) + 1);
       auto* w = device_alloc<kc::bf16>(copies * sh.n * sh.k);
       auto* x = device_alloc<kc::bf16>(max_m * sh.k);
