@@ -196,9 +196,9 @@ int run_engine_bench(const std::string& mode, int default_batch, int default_inp
     std::printf("  load %.2f s, prefill %.2f ms, decode %.3f ms/step (median), %.1f tokens/s\n", load_s,
                 prefill_ms, med, tok_s);
     if (clocks.samples > 0) {
-      std::printf("  during decode: SM clock %.0f MHz (%.0f-%.0f), board power %.0f W (max %.0f)\n",
+      std::printf("  during decode: SM clock %.0f MHz (%.0f-%.0f), board power %.0f W\n",
                   clocks.sm_clock_mhz_mean, clocks.sm_clock_mhz_min, clocks.sm_clock_mhz_max,
-                  clocks.power_w_mean, clocks.power_w_max);
+                  clocks.power_w_mean);
     } else {
       std::printf("  during decode: no clock or power figures (%s)\n",
                   monitor.available() ? "no sample" : monitor.unavailable_reason().c_str());

@@ -35,6 +35,8 @@ bool gemm_context::set_sm90_m_range(int64_t lo, int64_t hi) {
     const size_t bytes = detail::gemm_sm90_workspace_bytes(sm90_ctas_);
     TROUPE_CUDA_CHECK(cudaMalloc(&sm90_workspace_, bytes));
     TROUPE_CUDA_CHECK(cudaMemset(sm90_workspace_, 0, bytes));  // the flags start at zero
+    // The memset runs on the legacy stream, which a non-blocking stream (the runner's) does not wait for.
+    TROUPE_CUDA_CHECK(cudaDeviceSynchronize());
   }
   sm90_min_m_ = lo;
   sm90_max_m_ = sm90_workspace_ != nullptr ? hi : 0;

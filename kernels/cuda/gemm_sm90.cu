@@ -381,9 +381,10 @@ bool gemm_sm90_available() {
 
 bool gemm_sm90_supports(const void* x, const void* w, const void* y, int64_t m, int64_t n, int64_t k) {
   const auto aligned = [](const void* p, uintptr_t a) { return reinterpret_cast<uintptr_t>(p) % a == 0; };
-  return m > 0 && n > 0 && k > 0 && k % 8 == 0 && n % 8 == 0 && m < (int64_t{1} << 31) &&
-         n < (int64_t{1} << 31) && k < (int64_t{1} << 31) && aligned(x, 16) && aligned(w, 16) &&
-         aligned(y, 8);
+  // Bounds leave room for a tile past the last row in the kernel's int row and column indices.
+  constexpr int64_t kMax = (int64_t{1} << 31) - 512;
+  return m > 0 && n > 0 && k > 0 && k % 8 == 0 && n % 8 == 0 && m < kMax && n < kMax && k < kMax &&
+         aligned(x, 16) && aligned(w, 16) && aligned(y, 8);
 }
 
 size_t gemm_sm90_partials_offset() { return kFlagBytes; }

@@ -138,7 +138,9 @@ class gemm_context {
   int gemv_max_m() const { return gemv_max_m_; }
 
   // Rows m in [lo, hi] go to the Hopper kernel (gemm_sm90.cu) where it is available (a compute capability
-  // 9.0 device and an sm_90a build) and takes the shape; hi = 0: never, the default unless TROUPE_GEMM_SM90=1
+  // 9.0 device and an sm_90a build) and takes the shape. That kernel starts loading w before the kernel
+  // ahead of it in the stream has finished (programmatic dependent launch): w must be weights, or anything
+  // no kernel still in flight writes. hi = 0: never, the default unless TROUPE_GEMM_SM90=1
   // (then [kSm90MinM, kSm90MaxM]). The first call with hi > 0 allocates its workspace, so it must not come
   // during graph capture. False when hi > 0 and the kernel is not available.
   bool set_sm90_m_range(int64_t lo, int64_t hi);

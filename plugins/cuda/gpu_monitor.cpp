@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <cstdlib>
 
 namespace troupe {
 
@@ -16,12 +17,14 @@ struct gpu_monitor::nvml {
   using by_pci_fn = int (*)(const char*, void**);
   using clock_fn = int (*)(void*, int, unsigned int*);
   using power_fn = int (*)(void*, unsigned int*);
+  using energy_fn = int (*)(void*, unsigned long long*);  // millijoules since the driver loaded
   void* handle = nullptr;
   init_fn init = nullptr;
   shutdown_fn shutdown = nullptr;
   by_pci_fn by_pci = nullptr;
   clock_fn clock = nullptr;
   power_fn power = nullptr;
+  energy_fn energy = nullptr;  // optional (Volta and later)
   bool initialized = false;
 };
 
@@ -30,6 +33,10 @@ constexpr int kNvmlClockSm = 1;
 }  // namespace
 
 gpu_monitor::gpu_monitor(int cuda_device, std::chrono::milliseconds period) : period_(period) {
+  if (const char* e = std::getenv("TROUPE_GPU_MONITOR"); e != nullptr && std::string(e) == "0") {
+    reason_ = "off (TROUPE_GPU_MONITOR=0)";
+    return;
+  }
   char bus_id[32] = {0};
   if (cudaDeviceGetPCIBusId(bus_id, sizeof(bus_id), cuda_device) != cudaSuccess) {
     (void)cudaGetLastError();
@@ -47,6 +54,8 @@ gpu_monitor::gpu_monitor(int cuda_device, std::chrono::milliseconds period) : pe
   lib_->by_pci = reinterpret_cast<nvml::by_pci_fn>(dlsym(lib_->handle, "nvmlDeviceGetHandleByPciBusId_v2"));
   lib_->clock = reinterpret_cast<nvml::clock_fn>(dlsym(lib_->handle, "nvmlDeviceGetClockInfo"));
   lib_->power = reinterpret_cast<nvml::power_fn>(dlsym(lib_->handle, "nvmlDeviceGetPowerUsage"));
+  lib_->energy =
+      reinterpret_cast<nvml::energy_fn>(dlsym(lib_->handle, "nvmlDeviceGetTotalEnergyConsumption"));
   if (lib_->init == nullptr || lib_->shutdown == nullptr || lib_->by_pci == nullptr ||
       lib_->clock == nullptr || lib_->power == nullptr) {
     reason_ = "libnvidia-ml.so.1 lacks an entry point this needs";
@@ -105,6 +114,10 @@ void gpu_monitor::start() {
     samples_.clear();
   }
   if (!available()) return;
+  energy_start_mj_ = 0;
+  unsigned long long mj = 0;
+  if (lib_->energy != nullptr && lib_->energy(device_, &mj) == 0) energy_start_mj_ = mj;
+  window_start_ = std::chrono::steady_clock::now();
   running_ = true;
   thread_ = std::thread([this] { run(); });
 }
@@ -123,10 +136,16 @@ gpu_monitor::summary gpu_monitor::stop() {
     mw += s.power_mw;
     out.sm_clock_mhz_min = std::min<double>(out.sm_clock_mhz_min, s.sm_mhz);
     out.sm_clock_mhz_max = std::max<double>(out.sm_clock_mhz_max, s.sm_mhz);
-    out.power_w_max = std::max(out.power_w_max, s.power_mw / 1000.0);
   }
   out.sm_clock_mhz_mean = mhz / samples_.size();
   out.power_w_mean = mw / 1000.0 / samples_.size();
+  // The mean from the energy counter where there is one: power readings are themselves averages over about
+  // a second on recent GPUs, so a short window's samples would mix in the power from before it.
+  unsigned long long mj = 0;
+  const double ms =
+      std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - window_start_).count();
+  if (energy_start_mj_ > 0 && ms > 0 && lib_->energy(device_, &mj) == 0 && mj >= energy_start_mj_)
+    out.power_w_mean = static_cast<double>(mj - energy_start_mj_) / ms;  // mJ / ms = W
   return out;
 }
 
@@ -135,13 +154,12 @@ std::string gpu_monitor_json_fields(const gpu_monitor::summary& s) {
   if (s.samples == 0) {
     std::snprintf(buf, sizeof(buf),
                   "\"sm_clock_mhz_mean\": null, \"sm_clock_mhz_min\": null, \"sm_clock_mhz_max\": null, "
-                  "\"power_w_mean\": null, \"power_w_max\": null, \"clock_samples\": 0");
+                  "\"power_w_mean\": null, \"clock_samples\": 0");
   } else {
     std::snprintf(buf, sizeof(buf),
                   "\"sm_clock_mhz_mean\": %.0f, \"sm_clock_mhz_min\": %.0f, \"sm_clock_mhz_max\": %.0f, "
-                  "\"power_w_mean\": %.1f, \"power_w_max\": %.1f, \"clock_samples\": %d",
-                  s.sm_clock_mhz_mean, s.sm_clock_mhz_min, s.sm_clock_mhz_max, s.power_w_mean, s.power_w_max,
-                  s.samples);
+                  "\"power_w_mean\": %.1f, \"clock_samples\": %d",
+                  s.sm_clock_mhz_mean, s.sm_clock_mhz_min, s.sm_clock_mhz_max, s.power_w_mean, s.samples);
   }
   return buf;
 }

@@ -17,8 +17,8 @@ namespace troupe {
 class gpu_monitor {
  public:
   // The CUDA device `cuda_device` (matched to NVML by PCI bus id); samples every `period` between start()
-  // and stop().
-  explicit gpu_monitor(int cuda_device, std::chrono::milliseconds period = std::chrono::milliseconds(20));
+  // and stop(). TROUPE_GPU_MONITOR=0 turns it off (unavailable), to check that it does not move a figure.
+  explicit gpu_monitor(int cuda_device, std::chrono::milliseconds period = std::chrono::milliseconds(50));
   ~gpu_monitor();
   gpu_monitor(const gpu_monitor&) = delete;
   gpu_monitor& operator=(const gpu_monitor&) = delete;
@@ -30,7 +30,10 @@ class gpu_monitor {
   struct summary {
     int32_t samples = 0;  // 0: nothing measured (unavailable, or stopped before the first sample)
     double sm_clock_mhz_mean = 0, sm_clock_mhz_min = 0, sm_clock_mhz_max = 0;
-    double power_w_mean = 0, power_w_max = 0;
+    // Energy used over the window's length where NVML counts energy (Volta and later), else the mean of
+    // the power readings, which recent GPUs average over about a second (so no maximum is reported: such a
+    // reading can sit below the window's true mean).
+    double power_w_mean = 0;
   };
   // One sample now, then one a period until stop(); a second start() restarts the window.
   void start();
@@ -52,11 +55,13 @@ class gpu_monitor {
   std::thread thread_;
   std::atomic<bool> running_{false};
   std::mutex mu_;
-  std::vector<sample> samples_;  // guarded by mu_
+  std::vector<sample> samples_;             // guarded by mu_
+  unsigned long long energy_start_mj_ = 0;  // 0: no energy counter
+  std::chrono::steady_clock::time_point window_start_;
 };
 
 // `summary` as JSON fields: "sm_clock_mhz_mean": .., "sm_clock_mhz_min": .., "sm_clock_mhz_max": ..,
-// "power_w_mean": .., "power_w_max": .., "clock_samples": n (no braces; nulls when nothing was measured).
+// "power_w_mean": .., "clock_samples": n (no braces; nulls when nothing was measured).
 std::string gpu_monitor_json_fields(const gpu_monitor::summary& s);
 
 }  // namespace troupe

@@ -247,18 +247,28 @@ TEST(CudaOps, GemmSm90MatchesReference) {
   int dev = 0, sms = 0;
   TROUPE_CUDA_CHECK(cudaGetDevice(&dev));
   TROUPE_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
-  // Flags zero, partials NaN: a head that read a partial before its writer finished, or a flag that a
-  // grid of another size looked for among the partials (an early layout did), shows as NaN or garbage.
+  // Before every call the partials are NaN: a head that read a partial before its writer wrote it (or a
+  // flag that a grid of another size looked for among the partials, as an early layout did) shows as NaN.
+  // After every call every flag must be zero again.
   device_buffer<char> ws(kc::detail::gemm_sm90_workspace_bytes(sms));
   const size_t off = kc::detail::gemm_sm90_partials_offset();
   TROUPE_CUDA_CHECK(cudaMemset(ws.get(), 0, off));
-  TROUPE_CUDA_CHECK(cudaMemset(ws.get() + off, 0xFF, ws.size() - off));
+  const auto call = [&](const bf16* x, const bf16* w, void* y, bool f32, int m, int n, int k, int ctas) {
+    TROUPE_CUDA_CHECK(cudaMemset(ws.get() + off, 0xFF, ws.size() - off));
+    kc::detail::gemm_sm90_xwt(x, w, y, f32, m, n, k, ws.get(), ctas, nullptr);
+    std::vector<char> flags(off);
+    TROUPE_CUDA_CHECK(cudaMemcpy(flags.data(), ws.get(), off, cudaMemcpyDeviceToHost));
+    EXPECT_EQ(std::count(flags.begin(), flags.end(), 0), static_cast<std::ptrdiff_t>(off))
+        << "a flag left raised";
+  };
   struct shape {
     int m, n, k, ctas;
   };
+  // Also: m below 8 and one row past a token tile, n and k below one box (128 weight rows, 64 k), one block.
   for (const shape& sh : {shape{256, 1024, 4096, sms}, shape{256, 128, 14336, sms}, shape{200, 1032, 4104, 7},
-                          shape{256, 384, 4096, sms}, shape{17, 136, 64, 3}, shape{300, 256, 520, 5},
-                          shape{256, 4096, 1024, sms}, shape{129, 640, 2048, sms}}) {
+                          shape{256, 384, 4096, sms}, shape{17, 136, 64, 3}, shape{17, 136, 1024, 3},
+                          shape{300, 256, 520, 5}, shape{256, 4096, 1024, sms}, shape{129, 640, 2048, sms},
+                          shape{5, 8, 32, 2}, shape{257, 120, 200, 9}, shape{64, 256, 512, 1}}) {
     SCOPED_TRACE(::testing::Message()
                  << "m " << sh.m << " n " << sh.n << " k " << sh.k << " ctas " << sh.ctas);
     const int m = sh.m, n = sh.n, k = sh.k;
@@ -269,14 +279,14 @@ TEST(CudaOps, GemmSm90MatchesReference) {
     kref::matmul_xwt(x.ref.data(), w.ref.data(), nullptr, ref.data(), m, n, k);
     d_y.poison();
     d_y2.poison();
-    kc::detail::gemm_sm90_xwt(d_x.get(), d_w.get(), d_y.get(), false, m, n, k, ws.get(), sh.ctas, nullptr);
-    kc::detail::gemm_sm90_xwt(d_x.get(), d_w.get(), d_y2.get(), false, m, n, k, ws.get(), sh.ctas, nullptr);
+    call(d_x.get(), d_w.get(), d_y.get(), false, m, n, k, sh.ctas);
+    call(d_x.get(), d_w.get(), d_y2.get(), false, m, n, k, sh.ctas);
     const auto got = d_y.download(), again = d_y2.download();
     expect_close(to_float(got), ref, 2e-2f, 1e-2f, 5e-3, "gemm sm90");
     EXPECT_EQ(std::memcmp(got.data(), again.data(), got.size() * sizeof(bf16)), 0) << "two runs differ";
     device_buffer<float> d_y32(static_cast<size_t>(m) * n);
     d_y32.poison();
-    kc::detail::gemm_sm90_xwt(d_x.get(), d_w.get(), d_y32.get(), true, m, n, k, ws.get(), sh.ctas, nullptr);
+    call(d_x.get(), d_w.get(), d_y32.get(), true, m, n, k, sh.ctas);
     expect_close(d_y32.download(), ref, 1e-3f, 1e-3f, 1e-4, "gemm sm90 fp32 out");
   }
 }

@@ -22,18 +22,17 @@ TEST(GpuMonitor, JsonFieldsNameEveryFigure) {
   s.sm_clock_mhz_min = 1395;
   s.sm_clock_mhz_max = 1515;
   s.power_w_mean = 693.24;
-  s.power_w_max = 701.3;
   const std::string got = gpu_monitor_json_fields(s);
   EXPECT_EQ(got,
             "\"sm_clock_mhz_mean\": 1452, \"sm_clock_mhz_min\": 1395, \"sm_clock_mhz_max\": 1515, "
-            "\"power_w_mean\": 693.2, \"power_w_max\": 701.3, \"clock_samples\": 12");
+            "\"power_w_mean\": 693.2, \"clock_samples\": 12");
 }
 
 TEST(GpuMonitor, SamplesClockAndPowerAroundWork) {
   TROUPE_SKIP_WITHOUT_GPU();
   int dev = 0;
   TROUPE_CUDA_CHECK(cudaGetDevice(&dev));
-  gpu_monitor mon(dev, std::chrono::milliseconds(10));
+  gpu_monitor mon(dev, std::chrono::milliseconds(20));
   if (!mon.available()) GTEST_SKIP() << "NVML: " << mon.unavailable_reason();
   const int64_t n = int64_t{64} << 20;  // 128 MB of bf16, refilled until ~200 ms have passed
   device_buffer<bf16> buf(static_cast<size_t>(n));
@@ -44,14 +43,13 @@ TEST(GpuMonitor, SamplesClockAndPowerAroundWork) {
     TROUPE_CUDA_CHECK(cudaDeviceSynchronize());
   }
   const gpu_monitor::summary s = mon.stop();
-  EXPECT_GE(s.samples, 5);
+  EXPECT_GE(s.samples, 3);
   EXPECT_GT(s.sm_clock_mhz_min, 100.0);
   EXPECT_LT(s.sm_clock_mhz_max, 5000.0);
   EXPECT_LE(s.sm_clock_mhz_min, s.sm_clock_mhz_mean);
   EXPECT_LE(s.sm_clock_mhz_mean, s.sm_clock_mhz_max);
   EXPECT_GT(s.power_w_mean, 10.0);
-  EXPECT_LT(s.power_w_max, 5000.0);
-  EXPECT_LE(s.power_w_mean, s.power_w_max);
+  EXPECT_LT(s.power_w_mean, 5000.0);
   // A second window starts empty.
   mon.start();
   const gpu_monitor::summary again = mon.stop();
