@@ -6,6 +6,7 @@
 #include "kernels/cpu/ops.h"
 #include "kernels/cuda/gemm_sm90.cuh"
 #include "kernels/cuda/ops.h"
+#include "kernels/cuda/pdl.h"
 #include "tests/common/test_seed.h"
 #include "tests/gpu/gpu_test_util.h"
 
@@ -289,6 +290,52 @@ TEST(CudaOps, GemmSm90MatchesReference) {
     call(d_x.get(), d_w.get(), d_y32.get(), true, m, n, k, sh.ctas);
     expect_close(d_y32.download(), ref, 1e-3f, 1e-3f, 1e-4, "gemm sm90 fp32 out");
   }
+}
+
+// The Hopper GEMM as the engine runs it: in a CUDA graph, right after a norm launched as its programmatic
+// dependent with an early trigger (64 rows: fewer blocks than SMs), so the GEMM starts while the norm runs
+// and loads its weights before its programmatic wait. Two graphs normalize different inputs into the same
+// buffer and are replayed in turn: a GEMM that read x before the norm finished would see the other graph's
+// values.
+TEST(CudaOps, GemmSm90InGraphAfterEarlyTriggeringNorm) {
+  TROUPE_SKIP_WITHOUT_GPU();
+  if (!kc::detail::gemm_sm90_available())
+    GTEST_SKIP() << "needs a compute capability 9.0 device and an sm_90a build";
+  if (!kc::pdl_enabled()) GTEST_SKIP() << "programmatic dependent launch is off (TROUPE_PDL=0)";
+  TROUPE_FRESH_SEED(seed);
+  std::mt19937 rng(seed);
+  const int m = 64, k = 4096, n = 1024;
+  kc::gemm_context gemm;
+  ASSERT_TRUE(gemm.set_sm90_m_range(1, 256));  // allocates its workspace: before capture
+  gemm.set_sm90_min_n(0);
+  auto ra = random_bf16(rng, static_cast<size_t>(m) * k), rb = random_bf16(rng, static_cast<size_t>(m) * k),
+       nw = random_bf16(rng, k, 0.1f, 1.0f), w = random_bf16(rng, static_cast<size_t>(n) * k, 0.05f);
+  device_buffer<bf16> d_ra(ra.dev), d_rb(rb.dev), d_nw(nw.dev), d_w(w.dev), d_h(static_cast<size_t>(m) * k),
+      d_y(static_cast<size_t>(m) * n);
+  cudaStream_t stream = nullptr;
+  TROUPE_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  cudaGraphExec_t exec[2] = {nullptr, nullptr};
+  for (int g = 0; g < 2; ++g) {
+    TROUPE_CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeRelaxed));
+    kc::add_rms_norm((g == 0 ? d_ra : d_rb).get(), nullptr, d_nw.get(), d_h.get(), m, k, 1e-5f, stream);
+    gemm.matmul_xwt(d_h.get(), d_w.get(), d_y.get(), m, n, k, stream);
+    cudaGraph_t graph = nullptr;
+    TROUPE_CUDA_CHECK(cudaStreamEndCapture(stream, &graph));
+    TROUPE_CUDA_CHECK(cudaGraphInstantiate(&exec[g], graph, 0));
+    TROUPE_CUDA_CHECK(cudaGraphDestroy(graph));
+  }
+  for (int replay = 0; replay < 6; ++replay) {
+    SCOPED_TRACE(::testing::Message() << "replay " << replay);
+    d_y.poison();
+    TROUPE_CUDA_CHECK(cudaGraphLaunch(exec[replay % 2], stream));
+    TROUPE_CUDA_CHECK(cudaStreamSynchronize(stream));
+    const std::vector<float> h = to_float(d_h.download());
+    std::vector<float> ref(static_cast<size_t>(m) * n);
+    kref::matmul_xwt(h.data(), w.ref.data(), nullptr, ref.data(), m, n, k);
+    expect_close(to_float(d_y.download()), ref, 2e-2f, 1e-2f, 5e-3, "gemm sm90 after the norm");
+  }
+  for (cudaGraphExec_t e : exec) TROUPE_CUDA_CHECK(cudaGraphExecDestroy(e));
+  TROUPE_CUDA_CHECK(cudaStreamDestroy(stream));
 }
 
 // The skinny-GEMM kernel at every m it takes, row counts that are not a multiple of a block's 4 warps, and
