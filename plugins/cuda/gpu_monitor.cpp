@@ -101,7 +101,8 @@ void gpu_monitor::run() {
       std::lock_guard<std::mutex> lock(mu_);
       samples_.push_back(s);
     }
-    next += period_;
+    // After a stall, resume the period from now rather than catching up with a burst of samples.
+    next = std::max(next + period_, std::chrono::steady_clock::now());
     std::this_thread::sleep_until(next);
   }
 }
