@@ -373,31 +373,15 @@ __global__ void __launch_bounds__(kThreads, 1)
           __floats2bfloat162_rn(o[4 * j + 2 * h] * inv, o[4 * j + 2 * h + 1] * inv);
   }
 #else
-  // Built without sm_90a: the launcher sees this stub's static shared memory (flash_prefill_sm90_available)
-  // and never launches it.
-  volatile __shared__ int sm90_unavailable;
-  sm90_unavailable = 1;
-  __syncthreads();
-  if (sm90_unavailable != 0) __trap();
+  TROUPE_SM90_UNAVAILABLE_BODY();
 #endif
 }
 
 }  // namespace
 
 bool flash_prefill_sm90_available() {
-  static const bool available = [] {
-    int dev = 0, major = 0, minor = 0;
-    TROUPE_CUDA_CHECK(cudaGetDevice(&dev));
-    TROUPE_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
-    TROUPE_CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev));
-    if (major != 9 || minor != 0) return false;
-    cudaFuncAttributes attr{};
-    if (cudaFuncGetAttributes(&attr, flash_prefill_sm90_kernel<true>) != cudaSuccess) {
-      (void)cudaGetLastError();  // no image for this device: not an error of the caller's
-      return false;
-    }
-    return attr.sharedSizeBytes == 0;  // the stub has static shared memory, the real kernel none
-  }();
+  static const bool available =
+      sm90::sm90_image_present(reinterpret_cast<const void*>(flash_prefill_sm90_kernel<true>));
   return available;
 }
 

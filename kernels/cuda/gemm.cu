@@ -154,8 +154,8 @@ void gemm_context::run(const bf16* x, const bf16* w, void* y, bool f32_out, int6
     }
     return;
   }
-  if (sm90_workspace_ != nullptr && m >= sm90_min_m_ && m <= sm90_max_m_ && sm90_max_m_ > 0 &&
-      n >= sm90_min_n_ && detail::gemm_sm90_supports(x, w, y, m, n, k)) {
+  if (sm90_workspace_ != nullptr && m >= sm90_min_m_ && m <= sm90_max_m_ && n >= sm90_min_n_ &&
+      detail::gemm_sm90_supports(x, w, y, m, n, k)) {
     detail::gemm_sm90_xwt(x, w, y, f32_out, m, n, k, sm90_workspace_, sm90_ctas_, stream);
     return;
   }

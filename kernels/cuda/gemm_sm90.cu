@@ -65,12 +65,12 @@ constexpr size_t kFlagBytes = kMaxBlocks * sizeof(int);  // the flags, then the 
 // Stages, then 2 x kStages mbarriers, plus slack to align the base to 1024 bytes (the swizzle atom).
 constexpr uint32_t kSmemBytes = kStages * kStageBytes + 2 * kStages * 8 + 1024;
 
+#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+
 // First (tile, iteration) index of block c's range.
-__host__ __device__ __forceinline__ int64_t range_begin(int c, int64_t total, int blocks) {
+__device__ __forceinline__ int64_t range_begin(int c, int64_t total, int blocks) {
   return static_cast<int64_t>(c) * total / blocks;
 }
-
-#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
 
 #define TROUPE_WGMMA_D128                                                                            \
   "{"                                                                                                \
@@ -322,11 +322,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     }
   }
 #else
-  // Built without sm_90a: gemm_sm90_available sees this stub's static shared memory and never launches it.
-  volatile __shared__ int sm90_unavailable;
-  sm90_unavailable = 1;
-  __syncthreads();
-  if (sm90_unavailable != 0) __trap();
+  TROUPE_SM90_UNAVAILABLE_BODY();
 #endif
 }
 
@@ -363,19 +359,8 @@ CUtensorMap tensor_map(const bf16* base, int64_t rows, int64_t k, int box_rows) 
 }  // namespace
 
 bool gemm_sm90_available() {
-  static const bool available = [] {
-    int dev = 0, major = 0, minor = 0;
-    TROUPE_CUDA_CHECK(cudaGetDevice(&dev));
-    TROUPE_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
-    TROUPE_CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev));
-    if (major != 9 || minor != 0) return false;
-    cudaFuncAttributes attr{};
-    if (cudaFuncGetAttributes(&attr, gemm_sm90_kernel<bf16>) != cudaSuccess) {
-      (void)cudaGetLastError();  // no image for this device
-      return false;
-    }
-    return attr.sharedSizeBytes == 0;  // the stub has static shared memory, the real kernel none
-  }();
+  static const bool available =
+      sm90::sm90_image_present(reinterpret_cast<const void*>(gemm_sm90_kernel<bf16>));
   return available;
 }
 

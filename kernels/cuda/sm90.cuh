@@ -1,12 +1,43 @@
 // Hopper (sm_90a) building blocks shared by the wgmma kernels (flash_prefill_sm90.cu, gemm_sm90.cu):
 // shared-memory matrix descriptors, the wgmma fence/commit/wait trio, mbarriers and TMA tile loads.
-// Everything here compiles only for sm_90a (__CUDA_ARCH_FEAT_SM90_ALL); the kernels stub themselves out
-// otherwise.
+// The device helpers compile only for sm_90a (__CUDA_ARCH_FEAT_SM90_ALL). A build for other architectures
+// still compiles every kernel, whose body there is TROUPE_SM90_UNAVAILABLE_BODY; the host side tells the two
+// apart with sm90_image_present and never launches the fallback.
 #pragma once
+
+#include <cuda_runtime_api.h>
 
 #include <cstdint>
 
+#include "kernels/cuda/check.h"
+
+// A kernel body for builds without sm_90a: it declares static shared memory, which the real kernels (dynamic
+// shared memory only) do not, and traps if it is ever launched.
+#define TROUPE_SM90_UNAVAILABLE_BODY()        \
+  do {                                        \
+    volatile __shared__ int sm90_unavailable; \
+    sm90_unavailable = 1;                     \
+    __syncthreads();                          \
+    if (sm90_unavailable != 0) __trap();      \
+  } while (0)
+
 namespace troupe::kernels::cuda::detail::sm90 {
+
+// True when the current device is compute capability 9.0 and `kernel` (a Hopper kernel whose fallback body
+// is TROUPE_SM90_UNAVAILABLE_BODY) has its sm_90a image in this build. Callers cache the answer.
+inline bool sm90_image_present(const void* kernel) {
+  int dev = 0, major = 0, minor = 0;
+  TROUPE_CUDA_CHECK(cudaGetDevice(&dev));
+  TROUPE_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
+  TROUPE_CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev));
+  if (major != 9 || minor != 0) return false;
+  cudaFuncAttributes attr{};
+  if (cudaFuncGetAttributes(&attr, kernel) != cudaSuccess) {
+    (void)cudaGetLastError();  // no image for this device: not an error of the caller's
+    return false;
+  }
+  return attr.sharedSizeBytes == 0;  // the fallback has static shared memory, the real kernel none
+}
 
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
 
