@@ -1,7 +1,7 @@
-// `troupe bench kernels [--json] [--iters N] [--group gemm|skinny|batch_gemm|prefill|decode]`: the attention
-// kernels of both plugins on the shapes, with the two ceilings (device copy bandwidth, cuBLASLt bf16
-// GEMM) measured in the same process so each figure can be read against them. Inputs are random (never
-// zeros); times are medians of event-timed runs.
+// `troupe bench kernels [--json] [--iters N] [--group gemm|skinny|batch_gemm|prefill|decode|step_energy]`:
+// the attention kernels of both plugins on the shapes, with the two ceilings (device copy bandwidth,
+// cuBLASLt bf16 GEMM) measured in the same process so each figure can be read against them. Inputs are random
+// (never zeros); times are medians of event-timed runs.
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
@@ -18,9 +18,11 @@
 
 #include "cli/args.h"
 #include "cli/bench.h"
+#include "core/error.h"
 #include "kernels/cuda/attention.h"
 #include "kernels/cuda/check.h"
 #include "kernels/cuda/ops.h"
+#include "plugins/cuda/gpu_monitor.h"
 
 namespace troupe::cli {
 namespace {
@@ -126,11 +128,47 @@ struct figure {
   double value, ms, ceiling;  // ceiling 0 = none
 };
 
+// One pass of `step` repeated for `seconds` after `warm_seconds` of the same: milliseconds a pass, the
+// mean SM clock and board power over the timed window (NVML), and so the joules a pass.
+struct sustained {
+  double ms = 0, clock_mhz = 0, power_w = 0, joules = 0;
+  int samples = 0;
+};
+sustained run_sustained(const std::function<void()>& step, double warm_seconds, double seconds, int device) {
+  using clock = std::chrono::steady_clock;
+  const auto run_for = [&](double s) {
+    int64_t n = 0;
+    const auto t0 = clock::now();
+    while (std::chrono::duration<double>(clock::now() - t0).count() < s) {
+      for (int i = 0; i < 4; ++i, ++n) step();
+      TROUPE_CUDA_CHECK(cudaDeviceSynchronize());
+    }
+    return std::make_pair(n, std::chrono::duration<double, std::milli>(clock::now() - t0).count());
+  };
+  run_for(warm_seconds);
+  gpu_monitor monitor(device);
+  monitor.start();
+  const auto [n, ms] = run_for(seconds);
+  const gpu_monitor::summary sum = monitor.stop();
+  sustained r;
+  r.ms = ms / static_cast<double>(n);
+  r.samples = sum.samples;
+  r.clock_mhz = sum.sm_clock_mhz_mean;
+  r.power_w = sum.power_w_mean;
+  r.joules = sum.power_w_mean * r.ms * 1e-3;
+  return r;
+}
+
 int run(const std::vector<std::string>& args) {
   arg_parser ap("bench kernels", {"iters", "group"}, {"json"});
   ap.parse(args);
-  // --group gemm|skinny|batch_gemm|prefill|decode: that group only (after the copy ceiling).
+  // --group gemm|skinny|batch_gemm|prefill|decode|step_energy: that group only (after the copy ceiling);
+  // step_energy runs only when named.
   const std::string group = ap.get_or("group", "");
+  if (!group.empty() && group != "gemm" && group != "skinny" && group != "batch_gemm" && group != "prefill" &&
+      group != "decode" && group != "step_energy")
+    throw error("--group: '" + group +
+                "' is not one of gemm, skinny, batch_gemm, prefill, decode, step_energy");
   const auto wants = [&](const char* name) { return group.empty() || group == name; };
   const int iters = static_cast<int>(ap.get_int("iters").value_or(20));
   const bool json = ap.has("json");
@@ -323,6 +361,123 @@ int run(const std::vector<std::string>& args) {
       cudaFree(x);
       cudaFree(y);
     }
+  }
+  // Where a batch-256 decode step's energy goes, the H200 running it at its 700 W limit (perf-notes v11):
+  // a step's decode attention (32 layers, the persistent kernel, 576 keys: the bench's mean context), its
+  // GEMMs (32 layers of q/k/v, o, gate/up, down at m = 256, then the LM head; weights alternate between two
+  // copies so no layer finds them in L2), and both interleaved in a step's order, each sustained for
+  // seconds. Reported per step: milliseconds, mean SM clock, mean power and joules. The step's
+  // element-wise kernels are left out. Not in the default run (it takes ~20 s): --group step_energy.
+  if (group == "step_energy") {
+    const int64_t m = 256, layers = 32, hidden = 4096, vocab = 128256;
+    attention_setup s(static_cast<int>(m), 1, 576, 32, 8, 128, 40);
+    std::vector<void*> owned;
+    std::vector<const kc::bf16*> wl[2];
+    for (int c = 0; c < 2; ++c) {
+      for (int g = 0; g < 4; ++g) {
+        const gemm_shape& sh = kLlama8bGemms[g];
+        auto* w = device_alloc<kc::bf16>(sh.n * sh.k);
+        kc::fill_random_normal(w, sh.n * sh.k, 50 + 4 * c + g, 0.0f, 0.02f, nullptr);
+        owned.push_back(w);
+        wl[c].push_back(w);
+      }
+    }
+    auto* head = device_alloc<kc::bf16>(vocab * hidden);
+    auto* x = device_alloc<kc::bf16>(m * 14336);
+    auto* y = device_alloc<kc::bf16>(m * 28672);
+    auto* logits = device_alloc<float>(m * vocab);
+    owned.insert(owned.end(), {head, x, y, logits});
+    kc::fill_random_normal(head, vocab * hidden, 60, 0.0f, 0.02f, nullptr);
+    kc::fill_random_normal(x, m * 14336, 61, 0.0f, 1.0f, nullptr);
+    kc::gemm_context gemm;
+    const auto gemms_of_layer = [&](int64_t l, bool attention) {
+      const auto& w = wl[l % 2];
+      gemm.matmul_xwt(x, w[0], y, m, 6144, 4096, nullptr);
+      if (attention) kc::flash_attention_decode(s.p, nullptr, 0, kc::flash_decode_kernel::persistent);
+      gemm.matmul_xwt(x, w[1], y, m, 4096, 4096, nullptr);
+      gemm.matmul_xwt(x, w[2], y, m, 28672, 4096, nullptr);
+      gemm.matmul_xwt(x, w[3], y, m, 4096, 14336, nullptr);
+    };
+    const auto attention_step = [&] {
+      for (int64_t l = 0; l < layers; ++l) {
+        kc::flash_attention_decode(s.p, nullptr, 0, kc::flash_decode_kernel::persistent);
+      }
+    };
+    const auto step = [&](bool gemms, bool attention) {
+      return [&, gemms, attention] {
+        if (!gemms) return attention_step();
+        for (int64_t l = 0; l < layers; ++l) gemms_of_layer(l, attention);
+        gemm.matmul_xwt_f32(x, head, logits, m, vocab, hidden, nullptr);
+      };
+    };
+    // Floors to read the figures against: the same K/V bytes read by the plainest streaming kernel, and
+    // copied (cudaMemcpy: the bytes read and as many written); every SM busy-waiting ~5 ms; a large
+    // cuBLASLt GEMM (8192^3: energy a FLOP at full tensor use).
+    const int64_t kv_bytes = static_cast<int64_t>(s.p.max_blocks_per_seq) * m * 16 * 8 * 128 * 2;
+    auto* sink = device_alloc<uint32_t>(kc::read_probe_blocks());
+    auto* copy_dst = device_alloc<char>(kv_bytes);
+    const int64_t big = 8192;
+    auto* ga = device_alloc<kc::bf16>(big * big);
+    auto* gb = device_alloc<kc::bf16>(big * big);
+    auto* gc = device_alloc<kc::bf16>(big * big);
+    owned.insert(owned.end(), {sink, copy_dst, ga, gb, gc});
+    kc::fill_random_normal(ga, big * big, 62, 0.0f, 1.0f, nullptr);
+    kc::fill_random_normal(gb, big * big, 63, 0.0f, 1.0f, nullptr);
+    const auto read_step = [&] {
+      for (int64_t l = 0; l < layers; ++l) {
+        kc::read_probe(s.p.k_cache, kv_bytes, sink, nullptr);
+        kc::read_probe(s.p.v_cache, kv_bytes, sink, nullptr);
+      }
+    };
+    const auto copy_step = [&] {
+      for (int64_t l = 0; l < layers; ++l) {
+        TROUPE_CUDA_CHECK(cudaMemcpyAsync(copy_dst, s.p.k_cache, kv_bytes, cudaMemcpyDeviceToDevice));
+        TROUPE_CUDA_CHECK(cudaMemcpyAsync(copy_dst, s.p.v_cache, kv_bytes, cudaMemcpyDeviceToDevice));
+      }
+    };
+    const auto spin_step = [&] { kc::spin_probe(int64_t{9'000'000}, sink, nullptr); };
+    const auto big_gemm_step = [&] { gemm.matmul_xwt(ga, gb, gc, big, big, big, nullptr); };
+    struct phase {
+      const char* name;
+      std::function<void()> fn;
+      bool sm90;
+      double bytes, flops;  // a pass's, for the rate figures (0: none)
+    };
+    const double step_flops = 2.0 * m *
+                              (layers * (6144.0 + 4096 + 28672) * 4096 + layers * 4096.0 * 14336 +
+                               static_cast<double>(vocab) * hidden);
+    const double attn_bytes = 2.0 * layers * kv_bytes;
+    const phase phases[] = {{"attention", step(false, true), false, attn_bytes, 0},
+                            {"gemms", step(true, false), false, 0, step_flops},
+                            {"step", step(true, true), false, 0, 0},
+                            {"read_probe", read_step, false, attn_bytes, 0},
+                            {"copy", copy_step, false, 2 * attn_bytes, 0},
+                            {"spin", spin_step, false, 0, 0},
+                            {"gemm_8192", big_gemm_step, false, 0, 2.0 * big * big * big},
+                            {"gemms_sm90", step(true, false), true, 0, step_flops},
+                            {"step_sm90", step(true, true), true, 0, 0}};
+    for (const phase& ph : phases) {
+      if (ph.sm90) {
+        gemm.set_sm90_min_n(0);
+        if (!gemm.set_sm90_m_range(1, m)) continue;  // no Hopper kernel here
+      }
+      TROUPE_CUDA_CHECK(cudaDeviceSynchronize());
+      std::this_thread::sleep_for(std::chrono::seconds(2));  // back to the idle clock between phases
+      const sustained r = run_sustained(ph.fn, 1.5, 4.0, dev);
+      const std::string base = std::string("step_energy_b256_ctx576_") + ph.name;
+      figs.push_back({base + "_ms", "ms", r.ms, r.ms, 0});
+      figs.push_back({base + "_sm_clock", "MHz", r.clock_mhz, r.ms, 0});
+      figs.push_back({base + "_power", "W", r.power_w, r.ms, 0});
+      figs.push_back({base + "_energy", "J", r.joules, r.ms, 0});
+      if (ph.bytes > 0)
+        figs.push_back({base + "_bandwidth", "TB/s", ph.bytes / (r.ms * 1e-3) / 1e12, r.ms, 0});
+      if (ph.flops > 0) figs.push_back({base + "_rate", "TFLOP/s", ph.flops / (r.ms * 1e-3) / 1e12, r.ms, 0});
+      if (ph.bytes > 0 && r.joules > 0)
+        figs.push_back({base + "_pj_per_byte", "pJ/B", r.joules / ph.bytes * 1e12, r.ms, 0});
+      if (ph.flops > 0 && r.joules > 0)
+        figs.push_back({base + "_pj_per_flop", "pJ/FLOP", r.joules / ph.flops * 1e12, r.ms, 0});
+    }
+    for (void* p : owned) cudaFree(p);
   }
   if (json) {
     std::printf("{\"device\": \"%s\", \"iters\": %d, \"figures\": [\n", prop.name, iters);

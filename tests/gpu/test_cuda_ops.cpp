@@ -1,6 +1,7 @@
 // CUDA elementwise ops and GEMMs against kernels/cpu on fresh random inputs of several shapes.
 #include <algorithm>
 #include <cstring>
+#include <functional>
 #include <numeric>
 
 #include "kernels/cpu/ops.h"
@@ -383,6 +384,45 @@ TEST(CudaOps, GemvMatchesReference) {
   EXPECT_FALSE(kc::gemv_supports(nullptr, nullptr, kc::kGemvMaxM + 1, 16, 64));
   EXPECT_FALSE(kc::gemv_supports(nullptr, nullptr, 1, 16, 60));  // k not whole 16-byte chunks
   EXPECT_THROW(kc::gemv_xwt(nullptr, nullptr, nullptr, 1, 16, 60, nullptr), std::runtime_error);
+}
+
+// The power probes of `troupe bench kernels --group step_energy`: the read probe touches every word once
+// (the XOR of its per-block results is the XOR of the data, whatever the grid stride hands each block), and
+// the spin probe lasts at least its cycles at the highest SM clock.
+TEST(CudaOps, PowerProbesDoTheirWork) {
+  TROUPE_SKIP_WITHOUT_GPU();
+  std::mt19937 rng(31);
+  const int blocks = kc::read_probe_blocks();
+  device_buffer<uint32_t> sink(static_cast<size_t>(blocks));
+  for (size_t words : {size_t{4}, size_t{4} * 1000 + 4, size_t{4} * blocks * 256 * 4 + 36, size_t{1} << 24}) {
+    std::vector<uint32_t> data(words);
+    for (auto& x : data) x = static_cast<uint32_t>(rng());
+    const uint32_t want = std::accumulate(data.begin(), data.end(), 0u, std::bit_xor<uint32_t>());
+    device_buffer<uint32_t> d_data(data);
+    sink.poison();
+    kc::read_probe(d_data.get(), static_cast<int64_t>(words * 4), sink.get(), nullptr);
+    const std::vector<uint32_t> got = sink.download();
+    EXPECT_EQ(std::accumulate(got.begin(), got.end(), 0u, std::bit_xor<uint32_t>()), want)
+        << words << " words";
+  }
+  EXPECT_THROW(kc::read_probe(sink.get(), 20, sink.get(), nullptr), std::runtime_error);  // not 16-byte sized
+
+  int dev = 0, khz = 0;
+  TROUPE_CUDA_CHECK(cudaGetDevice(&dev));
+  TROUPE_CUDA_CHECK(cudaDeviceGetAttribute(&khz, cudaDevAttrClockRate, dev));
+  const int64_t cycles = 20'000'000;
+  cudaEvent_t start, stop;
+  TROUPE_CUDA_CHECK(cudaEventCreate(&start));
+  TROUPE_CUDA_CHECK(cudaEventCreate(&stop));
+  TROUPE_CUDA_CHECK(cudaEventRecord(start));
+  kc::spin_probe(cycles, sink.get(), nullptr);
+  TROUPE_CUDA_CHECK(cudaEventRecord(stop));
+  TROUPE_CUDA_CHECK(cudaEventSynchronize(stop));
+  float ms = 0;
+  TROUPE_CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop));
+  TROUPE_CUDA_CHECK(cudaEventDestroy(start));
+  TROUPE_CUDA_CHECK(cudaEventDestroy(stop));
+  EXPECT_GE(ms, 0.99 * cycles / khz) << "spin of " << cycles << " cycles at most " << khz << " kHz";
 }
 
 }  // namespace
