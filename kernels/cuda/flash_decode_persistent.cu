@@ -116,7 +116,7 @@ __device__ __forceinline__ int owner(int i, int total, int w_eff) {
   return static_cast<int>((static_cast<int64_t>(i + 1) * w_eff + total - 1) / total - 1);
 }
 
-template <int D, int kStages>
+template <int D, int kStages, bool kKeysM>
 __global__ void __launch_bounds__(32)
     flash_decode_persistent_kernel(attention_params p, int rows_cap, int block_shift) {
   using C = persistent_cfg<D, kStages>;
@@ -246,9 +246,13 @@ __global__ void __launch_bounds__(32)
   const decode_tile_offsets off = decode_offsets<D>(lane);
 
   using RL = rope_lanes<D>;
-  float o[D / 8][4];
+  // kKeysM (rows_cap <= 8): decode_tile_keys_m's layout, o[dp][j] = O[2 tq + j][16 dp + g (+ 8 at 2 + j)]
+  // and m, l, row_pos by query column; else decode_tile's, o[dn][2 hh + e] = O[g + 8 hh][8 dn + 2 tq + e].
+  constexpr int kOutTiles = kKeysM ? D / 16 : D / 8;
+  float o[kOutTiles][4];
   float m[2], l[2];
   int row_pos[2];
+  uint32_t qb[D / 16][2];  // kKeysM: the pair's query rows as B fragments
   int rows_total = 0, pos_base = 0;
   bool whole = false, first_piece = false, owns_last = false;
   bf16 nk_a[RL::kPairs], nk_b[RL::kPairs];  // the new key, rotated (lane's pairs), when owns_last
@@ -268,13 +272,13 @@ __global__ void __launch_bounds__(32)
       pos_base = cp.ctx - cp.q_len;
 #pragma unroll
       for (int hh = 0; hh < 2; ++hh) {
-        const int r = g + 8 * hh;
+        const int r = kKeysM ? 2 * tq + hh : g + 8 * hh;
         row_pos[hh] = r < rows_total ? pos_base + r / group : -1;
         m[hh] = -INFINITY;
         l[hh] = 0.0f;
       }
 #pragma unroll
-      for (int dn = 0; dn < D / 8; ++dn)
+      for (int dn = 0; dn < kOutTiles; ++dn)
 #pragma unroll
         for (int e = 0; e < 4; ++e) o[dn][e] = 0.0f;
       const int64_t q_stride = p.q_stride > 0 ? p.q_stride : static_cast<int64_t>(p.num_heads) * D;
@@ -342,6 +346,17 @@ __global__ void __launch_bounds__(32)
       for (int c = rows_total * kChunks + lane; c < 16 * kChunks; c += 32)  // padding rows: zero
         *reinterpret_cast<uint4*>(sq + swz<D>(c / kChunks, c % kChunks)) = uint4{};
       __syncwarp();
+      if constexpr (kKeysM) {
+        static_for<D / 32>([&](auto j_c) {
+          constexpr int j = decltype(j_c)::value;
+          uint32_t r4[4];
+          ldmatrix_x4_at<(j / 2) * 128>(r4, sq_u32 + decode_q_frag_offset<D>(lane, j));
+          qb[2 * j][0] = r4[0];
+          qb[2 * j][1] = r4[1];
+          qb[2 * j + 1][0] = r4[2];
+          qb[2 * j + 1][1] = r4[3];
+        });
+      }
     }
 
     const int stage = i % kStages;
@@ -371,21 +386,46 @@ __global__ void __launch_bounds__(32)
     const uint32_t k_stage = ring_u32 + stage * 2 * C::kTileElems * 2;
     const uint32_t v_stage = k_stage + C::kTileElems * 2;
 
-    decode_tile<D>(sq_u32, k_stage, v_stage, off, cp.t, pos_base, cp.ctx, p.sliding_window, row_pos,
-                   scale_log2, tq, m, l, o);
+    if constexpr (kKeysM) {
+      decode_tile_keys_m<D>(k_stage, v_stage, off, qb, cp.t, pos_base, cp.ctx, p.sliding_window, row_pos,
+                            scale_log2, g, m, l, o);
+    } else {
+      decode_tile<D>(sq_u32, k_stage, v_stage, off, cp.t, pos_base, cp.ctx, p.sliding_window, row_pos,
+                     scale_log2, tq, m, l, o);
+    }
 
     if (i == n_tiles - 1 || cp.t == cp.tl - 1) {
       // End of this warp's piece of the pair.
       if (i == n_tiles - 1) pdl_trigger();
 #pragma unroll
       for (int hh = 0; hh < 2; ++hh) {
-        l[hh] += __shfl_xor_sync(0xffffffffu, l[hh], 1);
-        l[hh] += __shfl_xor_sync(0xffffffffu, l[hh], 2);
+        if constexpr (kKeysM) {  // over the 8 lanes (g) of a column
+          l[hh] += __shfl_xor_sync(0xffffffffu, l[hh], 4);
+          l[hh] += __shfl_xor_sync(0xffffffffu, l[hh], 8);
+          l[hh] += __shfl_xor_sync(0xffffffffu, l[hh], 16);
+        } else {  // over the 4 lanes (tq) of a row
+          l[hh] += __shfl_xor_sync(0xffffffffu, l[hh], 1);
+          l[hh] += __shfl_xor_sync(0xffffffffu, l[hh], 2);
+        }
       }
       auto out_row = [&](int r) {
         return static_cast<int64_t>(cp.q0 + r / group) * p.num_heads + cp.h * group + r % group;
       };
-      if (whole) {
+      if (whole && kKeysM) {
+#pragma unroll
+        for (int j = 0; j < 2; ++j) {
+          const int r = 2 * tq + j;
+          if (r < rows_total) {
+            const float inv = l[j] > 0.0f ? 1.0f / l[j] : 0.0f;
+            bf16* dst = p.out + out_row(r) * D + g;
+#pragma unroll
+            for (int dp = 0; dp < kOutTiles; ++dp) {
+              dst[16 * dp] = __float2bfloat16_rn(o[dp][j] * inv);
+              dst[16 * dp + 8] = __float2bfloat16_rn(o[dp][2 + j] * inv);
+            }
+          }
+        }
+      } else if (whole) {
 #pragma unroll
         for (int hh = 0; hh < 2; ++hh) {
           const int r = g + 8 * hh;
@@ -393,7 +433,7 @@ __global__ void __launch_bounds__(32)
             const float inv = l[hh] > 0.0f ? 1.0f / l[hh] : 0.0f;
             bf16* dst = p.out + out_row(r) * D + 2 * tq;
 #pragma unroll
-            for (int dn = 0; dn < D / 8; ++dn)
+            for (int dn = 0; dn < kOutTiles; ++dn)  // D / 8 here
               *reinterpret_cast<__nv_bfloat162*>(dst + dn * 8) =
                   __floats2bfloat162_rn(o[dn][2 * hh] * inv, o[dn][2 * hh + 1] * inv);
           }
@@ -403,13 +443,28 @@ __global__ void __launch_bounds__(32)
         // at its end), then the arrival; the last piece to arrive merges.
         const int64_t slot_floats = piece_slot_floats(rows_cap, D);
         float* slot = p.workspace + (2 * static_cast<int64_t>(w) + (first_piece ? 0 : 1)) * slot_floats;
+        if constexpr (kKeysM) {
 #pragma unroll
-        for (int hh = 0; hh < 2; ++hh) {
+          for (int j = 0; j < 2; ++j) {
+            const int r = 2 * tq + j;
+            if (r < rows_total) {
+              float* dst = slot + r * D + g;
+#pragma unroll
+              for (int dp = 0; dp < kOutTiles; ++dp) {
+                dst[16 * dp] = o[dp][j];
+                dst[16 * dp + 8] = o[dp][2 + j];
+              }
+              if (g == 0) *reinterpret_cast<float2*>(slot + rows_cap * D + 2 * r) = make_float2(m[j], l[j]);
+            }
+          }
+        }
+#pragma unroll
+        for (int hh = 0; hh < 2 && !kKeysM; ++hh) {
           const int r = g + 8 * hh;
           if (r < rows_total) {
             float* dst = slot + r * D + 2 * tq;
 #pragma unroll
-            for (int dn = 0; dn < D / 8; ++dn)
+            for (int dn = 0; dn < kOutTiles; ++dn)  // D / 8 here
               *reinterpret_cast<float2*>(dst + dn * 8) = make_float2(o[dn][2 * hh], o[dn][2 * hh + 1]);
             if (tq == 0) *reinterpret_cast<float2*>(slot + rows_cap * D + 2 * r) = make_float2(m[hh], l[hh]);
           }
@@ -477,11 +532,11 @@ __global__ void __launch_bounds__(32)
   cp_async_wait<0>();
 }
 
-template <int D, int kStages>
+template <int D, int kStages, bool kKeysM>
 int persistent_blocks_per_sm() {
   using C = persistent_cfg<D, kStages>;
   static const int n = [] {
-    auto kernel = flash_decode_persistent_kernel<D, kStages>;
+    auto kernel = flash_decode_persistent_kernel<D, kStages, kKeysM>;
     TROUPE_CUDA_CHECK(
         cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, C::kSmemBytes));
     int per_sm = 0;
@@ -503,19 +558,38 @@ int persistent_stages() {
   return v;
 }
 
-template <int D, int kStages>
-int64_t persistent_warps(int sms) {
-  return static_cast<int64_t>(sms) * persistent_blocks_per_sm<D, kStages>();
+// Whether up to 8 rows a pair take the keys-as-m tile (decode_tile_keys_m): yes unless
+// TROUPE_DECODE_KEYS_M=0 (benchmarks compare).
+bool keys_m_enabled() {
+  static const bool v = [] {
+    const char* e = std::getenv("TROUPE_DECODE_KEYS_M");
+    return e == nullptr || std::atoi(e) != 0;
+  }();
+  return v;
 }
 
-template <int D, int kStages>
-void launch_persistent(const attention_params& p, int rows_cap, int sms, cudaStream_t stream) {
-  using C = persistent_cfg<D, kStages>;
-  auto kernel = flash_decode_persistent_kernel<D, kStages>;
-  const int64_t warps = persistent_warps<D, kStages>(sms);
+template <int D, bool kKeysM>
+int64_t persistent_warps_at(int stages, int sms) {
+  const int per_sm = stages == 2   ? persistent_blocks_per_sm<D, 2, kKeysM>()
+                     : stages == 4 ? persistent_blocks_per_sm<D, 4, kKeysM>()
+                                   : persistent_blocks_per_sm<D, 3, kKeysM>();
+  return static_cast<int64_t>(sms) * per_sm;
+}
+
+template <int D, bool kKeysM>
+void launch_at(int stages, const attention_params& p, int rows_cap, int sms, cudaStream_t stream) {
+  const int64_t warps = persistent_warps_at<D, kKeysM>(stages, sms);
   const int block_shift = (p.block_size & (p.block_size - 1)) == 0 ? __builtin_ctz(p.block_size) : -1;
-  launch_pdl(kernel, dim3(static_cast<unsigned>(warps)), dim3(32), C::kSmemBytes, stream, p, rows_cap,
-             block_shift);
+  const auto launch = [&](auto kernel, int smem) {
+    launch_pdl(kernel, dim3(static_cast<unsigned>(warps)), dim3(32), smem, stream, p, rows_cap, block_shift);
+  };
+  if (stages == 2) {
+    launch(flash_decode_persistent_kernel<D, 2, kKeysM>, persistent_cfg<D, 2>::kSmemBytes);
+  } else if (stages == 4) {
+    launch(flash_decode_persistent_kernel<D, 4, kKeysM>, persistent_cfg<D, 4>::kSmemBytes);
+  } else {
+    launch(flash_decode_persistent_kernel<D, 3, kKeysM>, persistent_cfg<D, 3>::kSmemBytes);
+  }
 }
 
 // TROUPE_DECODE_PERSISTENT: unset -1 (the launcher chooses by the grid), a nonzero number 1 (wherever the
@@ -528,22 +602,11 @@ int flash_decode_persistent_mode() {
   return v;
 }
 
-template <int D>
-int64_t persistent_warps_at(int stages, int sms) {
-  return stages == 2   ? persistent_warps<D, 2>(sms)
-         : stages == 4 ? persistent_warps<D, 4>(sms)
-                       : persistent_warps<D, 3>(sms);
-}
-
-template <int D>
-void launch_at(int stages, const attention_params& p, int rows_cap, int sms, cudaStream_t stream) {
-  if (stages == 2) {
-    launch_persistent<D, 2>(p, rows_cap, sms, stream);
-  } else if (stages == 4) {
-    launch_persistent<D, 4>(p, rows_cap, sms, stream);
-  } else {
-    launch_persistent<D, 3>(p, rows_cap, sms, stream);
-  }
+// The grid of a launch: by ring depth and tile variant.
+int64_t persistent_warps_for(int head_dim, int stages, bool keys_m, int sms) {
+  if (head_dim == 64)
+    return keys_m ? persistent_warps_at<64, true>(stages, sms) : persistent_warps_at<64, false>(stages, sms);
+  return keys_m ? persistent_warps_at<128, true>(stages, sms) : persistent_warps_at<128, false>(stages, sms);
 }
 
 }  // namespace
@@ -551,17 +614,13 @@ void launch_at(int stages, const attention_params& p, int rows_cap, int sms, cud
 namespace detail {
 
 size_t flash_decode_persistent_workspace_floats(int head_dim, int sms) {
-  // Two slots a warp of at most 16 rows x (head_dim + 2) floats, at the largest grid of the ring depths.
+  // Two slots a warp of at most 16 rows x (head_dim + 2) floats, at the largest grid of the ring depths and
+  // tile variants.
+  if (head_dim != 64 && head_dim != 128) return 0;
   int64_t warps = 0;
-  for (int st = 2; st <= 4; ++st) {
-    if (head_dim == 64) {
-      warps = std::max(warps, persistent_warps_at<64>(st, sms));
-    } else if (head_dim == 128) {
-      warps = std::max(warps, persistent_warps_at<128>(st, sms));
-    } else {
-      return 0;
-    }
-  }
+  for (int st = 2; st <= 4; ++st)
+    for (bool keys_m : {false, true})
+      warps = std::max(warps, persistent_warps_for(head_dim, st, keys_m, sms));
   return static_cast<size_t>(2 * warps * piece_slot_floats(16, head_dim));
 }
 
@@ -582,15 +641,17 @@ bool flash_decode_persistent(const attention_params& p, bool force, int sms, cud
   if (!force && mode != 1 && static_cast<int64_t>(p.num_seqs) * p.num_kv_heads <= 2 * int64_t{sms})
     return false;
   const int stages = persistent_stages();
-  const int64_t warps =
-      p.head_dim == 64 ? persistent_warps_at<64>(stages, sms) : persistent_warps_at<128>(stages, sms);
+  const bool keys_m = rows_cap <= 8 && keys_m_enabled();
+  const int64_t warps = persistent_warps_for(p.head_dim, stages, keys_m, sms);
   if (p.workspace == nullptr ||
       static_cast<size_t>(2 * warps * piece_slot_floats(rows_cap, p.head_dim)) > p.workspace_floats)
     return false;
   if (p.head_dim == 64) {
-    launch_at<64>(stages, p, rows_cap, sms, stream);
+    keys_m ? launch_at<64, true>(stages, p, rows_cap, sms, stream)
+           : launch_at<64, false>(stages, p, rows_cap, sms, stream);
   } else {
-    launch_at<128>(stages, p, rows_cap, sms, stream);
+    keys_m ? launch_at<128, true>(stages, p, rows_cap, sms, stream)
+           : launch_at<128, false>(stages, p, rows_cap, sms, stream);
   }
   return true;
 }

@@ -312,6 +312,8 @@ TEST_P(Decode, FlashAndPagedMatchReference) {
   run_case({ones, ctx, 8, 2, d, 16, 700}, pers, seed++);                      // sliding window
   run_case({ones, ctx, 8, 2, d, 32, 0}, pers, seed++);                        // block size 32
   run_case({{2, 3, 1}, {700, 90, 5}, 8, 2, d, 16, 0}, pers, seed++);          // runs of 3 x 4 rows
+  run_case({{2, 1, 2}, {700, 90, 5}, 8, 2, d, 16, 0}, pers, seed++);          // 2 x 4 rows: keys-as-m tile
+  run_case({{2, 1, 2}, {700, 90, 5}, 8, 2, d, 16, 200}, pers, seed++);        // and a window
   run_case({{1, 1}, {17000, 70}, 8, 2, d, 16, 0}, pers, seed++);              // one long pair, many pieces
   run_case({std::vector<int>(64, 1), ctx64, 32, 8, d, 16, 0}, pers, seed++);  // several pairs a warp
   // Batch 256 at 200-340 keys, 8 q / 2 kv heads (512 pairs), where the default launcher takes it; the
