@@ -409,12 +409,7 @@ template <int D, int kWarps, int kMTiles, bool kKeySplit, int kStages = 2>
 void launch_flash(const attention_params& p, int num_splits, cudaStream_t stream) {
   using C = flash_cfg<D, kWarps, kMTiles, kKeySplit, kStages>;
   auto kernel = flash_attention_kernel<D, kWarps, kMTiles, kKeySplit, kStages>;
-  static bool configured = false;  // the attribute is per function; setting it once per process suffices
-  if (!configured) {
-    TROUPE_CUDA_CHECK(
-        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, C::kSmemBytes));
-    configured = true;
-  }
+  set_max_dynamic_smem(kernel, C::kSmemBytes);
   const int group = p.num_heads / p.num_kv_heads;
   const int64_t row_tiles = (static_cast<int64_t>(p.max_q_len) * group + C::kBr - 1) / C::kBr;
   const int block_shift = (p.block_size & (p.block_size - 1)) == 0 ? __builtin_ctz(p.block_size) : -1;
@@ -501,8 +496,7 @@ int decode_resident_blocks() {
   static const int resident = [] {
     int per_sm = 0;
     auto kernel = flash_attention_kernel<128, 4, 1, true, kStages>;
-    TROUPE_CUDA_CHECK(
-        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, C::kSmemBytes));
+    set_max_dynamic_smem(kernel, C::kSmemBytes);
     TROUPE_CUDA_CHECK(
         cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, C::kThreads, C::kSmemBytes));
     return std::max(1, per_sm) * sm_count();

@@ -286,14 +286,13 @@ __global__ void __launch_bounds__(kW * 32)
     parts.part_lse[split * out_rows + orow] = sum > 0.0f ? mx + log2f(sum) : -INFINITY;
 }
 
-// Blocks of this configuration one SM holds (sets the kernel's shared-memory attribute, once per process).
+// Blocks of this configuration one SM holds (the first device's count: the GPUs of a process are alike).
 template <int D, int kStages, int kW>
 int blocks_per_sm() {
   using C = warp_decode_cfg<D, kStages, kW>;
   static const int n = [] {
     auto kernel = flash_decode_warp_kernel<D, kStages, kW>;
-    TROUPE_CUDA_CHECK(
-        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, C::kSmemBytes));
+    set_max_dynamic_smem(kernel, C::kSmemBytes);
     int per_sm = 0;
     TROUPE_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kW * 32, C::kSmemBytes));
     return std::max(1, per_sm);
@@ -305,7 +304,7 @@ template <int D, int kStages, int kW = kWarps>
 void launch(const attention_params& p, int num_splits, cudaStream_t stream) {
   using C = warp_decode_cfg<D, kStages, kW>;
   auto kernel = flash_decode_warp_kernel<D, kStages, kW>;
-  blocks_per_sm<D, kStages, kW>();  // the shared-memory attribute
+  set_max_dynamic_smem(kernel, C::kSmemBytes);
   const int block_shift = (p.block_size & (p.block_size - 1)) == 0 ? __builtin_ctz(p.block_size) : -1;
   const dim3 grid(p.num_kv_heads, p.num_seqs * num_splits);
   const bool early = pdl_trigger_early(static_cast<int64_t>(grid.x) * grid.y);

@@ -537,8 +537,7 @@ int persistent_blocks_per_sm() {
   using C = persistent_cfg<D, kStages>;
   static const int n = [] {
     auto kernel = flash_decode_persistent_kernel<D, kStages, kKeysM>;
-    TROUPE_CUDA_CHECK(
-        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, C::kSmemBytes));
+    set_max_dynamic_smem(kernel, C::kSmemBytes);
     int per_sm = 0;
     TROUPE_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, 32, C::kSmemBytes));
     return std::max(1, per_sm);
@@ -581,6 +580,7 @@ void launch_at(int stages, const attention_params& p, int rows_cap, int sms, cud
   const int64_t warps = persistent_warps_at<D, kKeysM>(stages, sms);
   const int block_shift = (p.block_size & (p.block_size - 1)) == 0 ? __builtin_ctz(p.block_size) : -1;
   const auto launch = [&](auto kernel, int smem) {
+    set_max_dynamic_smem(kernel, smem);
     launch_pdl(kernel, dim3(static_cast<unsigned>(warps)), dim3(32), smem, stream, p, rows_cap, block_shift);
   };
   if (stages == 2) {

@@ -48,6 +48,7 @@
 #include "kernels/cuda/attention_internal.cuh"
 #include "kernels/cuda/check.h"
 #include "kernels/cuda/flash_prefill_sm90.cuh"
+#include "kernels/cuda/pdl.h"
 #include "kernels/cuda/sm90.cuh"
 
 namespace troupe::kernels::cuda::detail {
@@ -394,13 +395,9 @@ void flash_prefill_sm90(const attention_params& p, cudaStream_t stream) {
       "num_heads " << p.num_heads << " is not a multiple of num_kv_heads " << p.num_kv_heads);
   TROUPE_KERNEL_REQUIRE(p.block_size > 0, "block_size " << p.block_size);
   if (p.num_tokens == 0) return;
-  // The attribute is per function; once per process suffices. The L2 size sets the section of (sequence,
-  // kv head) pairs whose blocks run together: their K/V (at the longest context) take at most half of it.
+  // The L2 size sets the section of (sequence, kv head) pairs whose blocks run together: their K/V (at the
+  // longest context) take at most half of it (the first device's: the GPUs of a process are alike).
   static const int64_t l2_bytes = [] {
-    for (auto kernel : {flash_prefill_sm90_kernel<true>, flash_prefill_sm90_kernel<false>}) {
-      TROUPE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                             static_cast<int>(kSmemBytes)));
-    }
     int dev = 0, bytes = 0;
     TROUPE_CUDA_CHECK(cudaGetDevice(&dev));
     TROUPE_CUDA_CHECK(cudaDeviceGetAttribute(&bytes, cudaDevAttrL2CacheSize, dev));
@@ -417,6 +414,7 @@ void flash_prefill_sm90(const attention_params& p, cudaStream_t stream) {
   const int section = static_cast<int>(std::clamp<int64_t>(l2_bytes / 2 / pair_bytes, 1, pairs));
   const int block_shift = (p.block_size & (p.block_size - 1)) == 0 ? __builtin_ctz(p.block_size) : -1;
   const auto kernel = p.block_size == 16 ? flash_prefill_sm90_kernel<true> : flash_prefill_sm90_kernel<false>;
+  set_max_dynamic_smem(kernel, static_cast<int>(kSmemBytes));
   kernel<<<static_cast<unsigned>(blocks), kThreads, kSmemBytes, stream>>>(p, block_shift, section);
   TROUPE_CUDA_CHECK_LAUNCH();
 }

@@ -35,7 +35,6 @@
 #include <cuda_bf16.h>
 
 #include <algorithm>
-#include <atomic>
 #include <cstdint>
 
 #include "kernels/cuda/check.h"
@@ -388,18 +387,8 @@ void gemm_sm90_xwt(const bf16* x, const bf16* w, void* y, bool f32_out, int64_t 
                         "gemm (sm90): unsupported shape or alignment m=" << m << " n=" << n << " k=" << k);
   TROUPE_KERNEL_REQUIRE(ctas > 0 && ctas <= kMaxBlocks && workspace != nullptr,
                         "gemm (sm90): no workspace or " << ctas << " blocks (1.." << kMaxBlocks << ")");
-  // The shared-memory size is a per-device attribute of each kernel: set once for each device used.
-  static std::atomic<uint64_t> attrs_set{0};
-  int dev = 0;
-  TROUPE_CUDA_CHECK(cudaGetDevice(&dev));
-  const uint64_t bit = uint64_t{1} << (dev % 64);
-  if ((attrs_set.load(std::memory_order_acquire) & bit) == 0) {
-    TROUPE_CUDA_CHECK(cudaFuncSetAttribute(
-        gemm_sm90_kernel<bf16>, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kSmemBytes)));
-    TROUPE_CUDA_CHECK(cudaFuncSetAttribute(
-        gemm_sm90_kernel<float>, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kSmemBytes)));
-    attrs_set.fetch_or(bit, std::memory_order_acq_rel);
-  }
+  set_max_dynamic_smem(gemm_sm90_kernel<bf16>, static_cast<int>(kSmemBytes));
+  set_max_dynamic_smem(gemm_sm90_kernel<float>, static_cast<int>(kSmemBytes));
   const int64_t total = ((n + kBM - 1) / kBM) * ((m + kBN - 1) / kBN) * ((k + kBK - 1) / kBK);
   const int blocks = static_cast<int>(std::min<int64_t>(ctas, total));
   const int x_box = static_cast<int>((std::min<int64_t>(kBN, m) + 7) / 8 * 8);

@@ -2,6 +2,9 @@
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
+#include <mutex>
+#include <set>
+#include <tuple>
 
 #include "kernels/cuda/pdl.h"
 
@@ -25,6 +28,17 @@ bool pdl_early_triggers() {
     return e == nullptr || std::strcmp(e, "0") != 0;
   }();
   return on;
+}
+
+void set_max_dynamic_smem(const void* kernel, int bytes) {
+  static std::mutex mu;
+  static std::set<std::tuple<const void*, int, int>> done;  // (kernel, device, bytes)
+  int dev = 0;
+  TROUPE_CUDA_CHECK(cudaGetDevice(&dev));
+  std::lock_guard<std::mutex> lock(mu);
+  if (done.count({kernel, dev, bytes}) != 0) return;
+  TROUPE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+  done.insert({kernel, dev, bytes});
 }
 
 bool pdl_trigger_early(int64_t blocks) {

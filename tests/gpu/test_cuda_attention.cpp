@@ -327,6 +327,29 @@ TEST_P(Decode, FlashAndPagedMatchReference) {
 }
 INSTANTIATE_TEST_SUITE_P(HeadDims, Decode, ::testing::Values(32, 64, 128, 256));
 
+// A process that launches on several GPUs (tensor parallelism) must raise each kernel's shared-memory limit
+// on each device (the attribute belongs to the function as loaded on one device): the prefill and decode
+// kernels against the reference on the second device after the first, then on the first again.
+TEST(Attention, KernelsRunOnEveryDevice) {
+  TROUPE_SKIP_WITHOUT_GPU();
+  int n = 0;
+  TROUPE_CUDA_CHECK(cudaGetDeviceCount(&n));
+  if (n < 2) GTEST_SKIP() << "needs two GPUs, found " << n;
+  uint32_t seed = 990;
+  const attn_case prefill{{130, 70}, {130, 200}, 8, 2, 128, 16, 0};
+  const attn_case decode{std::vector<int>(8, 1), {100, 170, 240, 310, 380, 450, 520, 590}, 8, 2, 128, 16, 0};
+  for (int dev : {0, 1, 0}) {
+    SCOPED_TRACE(::testing::Message() << "device " << dev);
+    TROUPE_CUDA_CHECK(cudaSetDevice(dev));
+    run_case(prefill, attn_impl::flash_prefill8, seed++);
+    if (kc::flash_prefill_wgmma_available()) run_case(prefill, attn_impl::flash_prefill_wgmma, seed++);
+    for (attn_impl impl : {attn_impl::flash_decode_split3, attn_impl::flash_decode_block,
+                           attn_impl::flash_decode_persistent, attn_impl::paged_decode})
+      run_case(decode, impl, seed++);
+  }
+  TROUPE_CUDA_CHECK(cudaSetDevice(0));
+}
+
 TEST(Attention, RefusesUnsupportedShapes) {
   TROUPE_SKIP_WITHOUT_GPU();
   kc::attention_params p{};

@@ -293,6 +293,37 @@ TEST(CudaOps, GemmSm90MatchesReference) {
   }
 }
 
+// The Hopper GEMM on a second device after the first (its shared-memory limit is a per-device attribute),
+// then on the first again.
+TEST(CudaOps, GemmSm90RunsOnEveryDevice) {
+  TROUPE_SKIP_WITHOUT_GPU();
+  int n_dev = 0;
+  TROUPE_CUDA_CHECK(cudaGetDeviceCount(&n_dev));
+  if (n_dev < 2) GTEST_SKIP() << "needs two GPUs, found " << n_dev;
+  if (!kc::detail::gemm_sm90_available())
+    GTEST_SKIP() << "needs a compute capability 9.0 device and an sm_90a build";
+  std::mt19937 rng(991);
+  const int m = 200, n = 1024, k = 2048;
+  auto x = random_bf16(rng, static_cast<size_t>(m) * k),
+       w = random_bf16(rng, static_cast<size_t>(n) * k, 0.05f);
+  std::vector<float> ref(static_cast<size_t>(m) * n);
+  kref::matmul_xwt(x.ref.data(), w.ref.data(), nullptr, ref.data(), m, n, k);
+  for (int dev : {0, 1, 0}) {
+    SCOPED_TRACE(::testing::Message() << "device " << dev);
+    TROUPE_CUDA_CHECK(cudaSetDevice(dev));
+    int sms = 0;
+    TROUPE_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+    device_buffer<char> ws(kc::detail::gemm_sm90_workspace_bytes(sms));
+    TROUPE_CUDA_CHECK(cudaMemset(ws.get(), 0, ws.size()));
+    device_buffer<bf16> d_x(x.dev), d_w(w.dev), d_y(static_cast<size_t>(m) * n);
+    d_y.poison();
+    kc::detail::gemm_sm90_xwt(d_x.get(), d_w.get(), d_y.get(), false, m, n, k, ws.get(), sms, nullptr);
+    TROUPE_CUDA_CHECK(cudaDeviceSynchronize());
+    expect_close(to_float(d_y.download()), ref, 2e-2f, 1e-2f, 5e-3, "gemm sm90");
+  }
+  TROUPE_CUDA_CHECK(cudaSetDevice(0));
+}
+
 // The Hopper GEMM as the engine runs it: in a CUDA graph, right after a norm launched as its programmatic
 // dependent with an early trigger (64 rows: fewer blocks than SMs), so the GEMM starts while the norm runs
 // and loads its weights before its programmatic wait. Two graphs normalize different inputs into the same
