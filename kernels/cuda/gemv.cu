@@ -20,13 +20,25 @@ namespace {
 constexpr int kGemvWarps = 4;  // per block: small blocks spread the rows evenly over the SMs
 constexpr int kUnroll = 8;     // 16-byte loads of w in flight per lane (m = 1)
 
-// A 16-byte load of streamed data: not kept in L1, where x lives.
-__device__ __forceinline__ uint4 load_stream(const uint4* p) {
+// A 16-byte load of streamed data: not kept in L1, where x lives, and in L2 under `policy`.
+__device__ __forceinline__ uint4 load_stream(const uint4* p, uint64_t policy) {
   uint4 v;
-  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];\n"
+  asm volatile("ld.global.nc.L1::no_allocate.L2::cache_hint.v4.u32 {%0,%1,%2,%3}, [%4], %5;\n"
                : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-               : "l"(p));
+               : "l"(p), "l"(policy));
   return v;
+}
+
+// The L2 policy of the weight loads: evict first (each weight is read once a step; H200, perf-notes v12),
+// or the default priority where TROUPE_GEMV_EVICT_FIRST=0.
+__device__ __forceinline__ uint64_t weight_policy(bool evict_first) {
+  uint64_t policy;
+  if (evict_first) {
+    asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;\n" : "=l"(policy));
+  } else {
+    asm volatile("createpolicy.fractional.L2::evict_normal.b64 %0, 1.0;\n" : "=l"(policy));
+  }
+  return policy;
 }
 
 __device__ __forceinline__ float dot8(const uint4& a, const uint4& b, float acc) {
@@ -56,12 +68,13 @@ __global__ void __launch_bounds__(kGemvWarps * 32)
     gemv_kernel(const bf16* __restrict__ x,  // [M, k]
                 const bf16* __restrict__ w,  // [n, k], or [2n, k] when kGated
                 OutT* __restrict__ y,        // [M, n]
-                int n, int k, bool early_trigger) {
+                int n, int k, bool early_trigger, bool evict_first) {
   constexpr int kRows = kGated ? 2 * kR : kR;                      // rows of w per warp
   constexpr int kU = kRows == 1 ? kUnroll : (kRows == 2 ? 2 : 1);  // chunks per row in flight per lane
   const int row0 = (blockIdx.x * kGemvWarps + threadIdx.x / 32) * kR, lane = threadIdx.x % 32;
   if (row0 >= n) return;
   const int chunks = k / 8;  // 16-byte chunks per row (k % 8 == 0, checked by the launcher)
+  const uint64_t policy = weight_policy(evict_first);
   const uint4* wr[kRows];
 #pragma unroll
   for (int r = 0; r < kRows; ++r) {  // outputs past n re-read the last row and are not stored
@@ -87,7 +100,7 @@ __global__ void __launch_bounds__(kGemvWarps * 32)
 #pragma unroll
     for (int u = 0; u < kB; ++u)
 #pragma unroll
-      for (int r = 0; r < kRows; ++r) wb[u][r] = load_stream(wr[r] + c0 + 32 * u);
+      for (int r = 0; r < kRows; ++r) wb[u][r] = load_stream(wr[r] + c0 + 32 * u, policy);
   };
   auto dot_batch = [&](const uint4(&wb)[kB][kRows], int c0) {
 #pragma unroll
@@ -138,7 +151,7 @@ __global__ void __launch_bounds__(kGemvWarps * 32)
   (void)wb;
   for (; c < chunks; c += 32) {
 #pragma unroll
-    for (int r = 0; r < kRows; ++r) wa[0][r] = load_stream(wr[r] + c);
+    for (int r = 0; r < kRows; ++r) wa[0][r] = load_stream(wr[r] + c, policy);
 #pragma unroll
     for (int m = 0; m < M; ++m) {
       const uint4 xv = __ldg(xr + m * chunks + c);
@@ -182,8 +195,12 @@ void launch_gemv_m(const bf16* x, const bf16* w, OutT* y, int64_t n, int64_t k, 
   }();
   auto kernel = kCanPipe && pipe_on ? gemv_kernel<M, kR, kGated, OutT, kCanPipe>
                                     : gemv_kernel<M, kR, kGated, OutT, false>;
+  static const bool evict_first = [] {
+    const char* e = std::getenv("TROUPE_GEMV_EVICT_FIRST");
+    return e == nullptr || std::strcmp(e, "0") != 0;
+  }();
   launch_pdl(kernel, grid, dim3(kGemvWarps * 32), 0, stream, x, w, y, static_cast<int>(n),
-             static_cast<int>(k), pdl_early_triggers());
+             static_cast<int>(k), pdl_early_triggers(), evict_first);
 }
 
 // n: outputs per row of y (the gated kernel reads 2n rows of w).
