@@ -413,7 +413,8 @@ int run(const std::vector<std::string>& args) {
     // Floors to read the figures against: the same K/V bytes read by the plainest streaming kernel, and
     // copied (cudaMemcpy: the bytes read and as many written); every SM busy-waiting ~5 ms; a large
     // cuBLASLt GEMM (8192^3: energy a FLOP at full tensor use).
-    const int64_t kv_bytes = static_cast<int64_t>(s.p.max_blocks_per_seq) * m * 16 * 8 * 128 * 2;
+    const int64_t kv_bytes = static_cast<int64_t>(s.p.max_blocks_per_seq) * s.p.num_seqs * s.p.block_size *
+                             s.p.num_kv_heads * s.p.head_dim * 2;  // K or V: every block of the pool
     auto* sink = device_alloc<uint32_t>(kc::read_probe_blocks());
     auto* copy_dst = device_alloc<char>(kv_bytes);
     const int64_t big = 8192;
@@ -457,10 +458,9 @@ int run(const std::vector<std::string>& args) {
                             {"gemms_sm90", step(true, false), true, 0, step_flops},
                             {"step_sm90", step(true, true), true, 0, 0}};
     for (const phase& ph : phases) {
-      if (ph.sm90) {
-        gemm.set_sm90_min_n(0);
-        if (!gemm.set_sm90_m_range(1, m)) continue;  // no Hopper kernel here
-      }
+      // cuBLASLt unless the phase names the Hopper kernel (whatever TROUPE_GEMM_SM90 says).
+      gemm.set_sm90_min_n(0);
+      if (!gemm.set_sm90_m_range(1, ph.sm90 ? m : 0)) continue;  // no Hopper kernel here
       TROUPE_CUDA_CHECK(cudaDeviceSynchronize());
       std::this_thread::sleep_for(std::chrono::seconds(2));  // back to the idle clock between phases
       const sustained r = run_sustained(ph.fn, 1.5, 4.0, dev);

@@ -2,9 +2,9 @@
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
+#include <map>
 #include <mutex>
-#include <set>
-#include <tuple>
+#include <utility>
 
 #include "kernels/cuda/pdl.h"
 
@@ -32,13 +32,14 @@ bool pdl_early_triggers() {
 
 void set_max_dynamic_smem(const void* kernel, int bytes) {
   static std::mutex mu;
-  static std::set<std::tuple<const void*, int, int>> done;  // (kernel, device, bytes)
+  static std::map<std::pair<const void*, int>, int> limit;  // (kernel, device) -> the largest size set
   int dev = 0;
   TROUPE_CUDA_CHECK(cudaGetDevice(&dev));
   std::lock_guard<std::mutex> lock(mu);
-  if (done.count({kernel, dev, bytes}) != 0) return;
+  int& set = limit[{kernel, dev}];  // 0 when new
+  if (bytes <= set) return;         // a limit is a ceiling: a smaller launch fits under it
   TROUPE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
-  done.insert({kernel, dev, bytes});
+  set = bytes;
 }
 
 bool pdl_trigger_early(int64_t blocks) {

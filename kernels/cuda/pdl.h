@@ -33,9 +33,10 @@ void set_pdl_enabled(bool on);
 bool pdl_early_triggers();
 bool pdl_trigger_early(int64_t blocks);
 
-// Raises a kernel's dynamic shared-memory limit to `bytes` on the current device, once for each device: the
-// attribute belongs to the function as loaded on one device, so a process that launches on several GPUs
-// must set it on each. Call before a launch (and before an occupancy query) that needs more than 48 KB.
+// Raises a kernel's dynamic shared-memory limit to at least `bytes` on the current device, once for each
+// device: the attribute belongs to the function as loaded on one device, so a process that launches on
+// several GPUs must set it on each. Call before a launch (and before an occupancy query) that needs more than
+// 48 KB.
 void set_max_dynamic_smem(const void* kernel, int bytes);
 template <typename... KernelArgs>
 void set_max_dynamic_smem(void (*kernel)(KernelArgs...), int bytes) {
