@@ -19,9 +19,9 @@
 
 #include "cli/args.h"
 #include "cli/bench.h"
+#include "cli/cuda/gpu_monitor.h"
 #include "core/sampling.h"
 #include "plugins/cuda/cuda_model_runner.h"
-#include "plugins/cuda/gpu_monitor.h"
 
 namespace troupe::cli {
 namespace {

@@ -18,11 +18,12 @@
 
 #include "cli/args.h"
 #include "cli/bench.h"
+#include "cli/cuda/gpu_monitor.h"
 #include "core/error.h"
 #include "kernels/cuda/attention.h"
 #include "kernels/cuda/check.h"
 #include "kernels/cuda/ops.h"
-#include "plugins/cuda/gpu_monitor.h"
+#include "kernels/cuda/probe.h"
 
 namespace troupe::cli {
 namespace {

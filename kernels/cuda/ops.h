@@ -86,13 +86,6 @@ void rope_write_kv(const rope_write_kv_params& p, cudaStream_t stream);
 // without a host round trip. Deterministic for a seed.
 void fill_random_normal(bf16* x, int64_t n, uint64_t seed, float mean, float stddev, cudaStream_t stream);
 
-// Power probes (kernels/cuda/probe.cu), for `troupe bench kernels --group step_energy`. read_probe streams
-// `bytes` (16-byte aligned) once and writes the XOR of each block's 32-bit words to sink[block]
-// (read_probe_blocks() words); spin_probe keeps every SM busy-waiting for `cycles` SM clocks.
-int read_probe_blocks();
-void read_probe(const void* data, int64_t bytes, uint32_t* sink, cudaStream_t stream);
-void spin_probe(int64_t cycles, uint32_t* sink, cudaStream_t stream);
-
 // Skinny GEMMs by our own kernel (kernels/cuda/gemv.cu): y[m, n] = x[m, k] @ w[n, k]^T for 1 <= m <=
 // kGemvMaxM, k % 8 == 0, x and w 16-byte aligned (gemv_supports); fp32 accumulation.
 constexpr int kGemvMaxM = 4;

@@ -7,7 +7,7 @@
 #include <cstdint>
 
 #include "kernels/cuda/check.h"
-#include "kernels/cuda/ops.h"
+#include "kernels/cuda/probe.h"
 
 namespace troupe::kernels::cuda {
 namespace {

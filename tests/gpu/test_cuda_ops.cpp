@@ -8,6 +8,7 @@
 #include "kernels/cuda/gemm_sm90.cuh"
 #include "kernels/cuda/ops.h"
 #include "kernels/cuda/pdl.h"
+#include "kernels/cuda/probe.h"
 #include "tests/common/test_seed.h"
 #include "tests/gpu/gpu_test_util.h"
 

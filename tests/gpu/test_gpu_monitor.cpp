@@ -4,8 +4,8 @@
 #include <chrono>
 #include <string>
 
+#include "cli/cuda/gpu_monitor.h"
 #include "kernels/cuda/ops.h"
-#include "plugins/cuda/gpu_monitor.h"
 #include "tests/gpu/gpu_test_util.h"
 
 namespace troupe::gpu_test {

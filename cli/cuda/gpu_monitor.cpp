@@ -1,4 +1,4 @@
-#include "plugins/cuda/gpu_monitor.h"
+#include "cli/cuda/gpu_monitor.h"
 
 #include <cuda_runtime_api.h>
 #include <dlfcn.h>
